@@ -1,0 +1,392 @@
+r"""Multi-Stage Cross-Scale Attention (MSCSA), written from the paper and ``shared/MSCSA-SPEC.md``.
+
+Shang et al., "Vision Backbone Enhancement via Multi-Stage Cross-Scale Attention" (2023).
+
+Data flow (all tensors BCHW, no CLS token)::
+
+    F1..F4 --avg-pool to 1/s--> [squeeze 1x1 conv+BN] --concat--> X (C = sum Ci')
+    X --depth x MSCSABlock--> X --> ClassificationHead (BN, GAP, Linear)  [Fig. 4]
+                                \-> DenseFusion: four maps fused into F1..F4 [Fig. 5]
+
+The per-scale key/value projections are separate modules (``key_proj[i]``, ``value_proj[i]``) so
+that hook-based attribution (captum) sees each scale's call, and the attention itself can be read
+back through ``CrossScaleAttention.last_attention`` when ``store_attention`` is set.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from ..config import MSCSAConfig
+from .layers import ConvBN, Fusable, fold_bn_into_linear, fuse_modules, make_activation
+
+__all__ = [
+    "CrossScaleAttention",
+    "FFN",
+    "IntraFFN",
+    "MSCSABlock",
+    "MultiStageAggregation",
+    "MSCSA",
+    "ClassificationHead",
+    "DenseFusion",
+    "scale_sizes",
+]
+
+
+def scale_sizes(height: int, width: int, strategy: str = "dwconv", use_msp: bool = True) -> list[tuple[int, int]]:
+    """Token grid of each key/value scale for an ``height x width`` multi-stage map.
+
+    The default follows the paper's Eq. 3: h1 = floor((h-1)/2 + 1), h2 = floor((h-1)/3 + 1).
+    """
+    sizes = [(height, width)]
+    if not use_msp:
+        return sizes
+    half = ((height - 1) // 2 + 1, (width - 1) // 2 + 1)
+    sizes.append(half)
+    if strategy == "single":
+        return sizes
+    if strategy == "cascade":
+        sizes.append(((half[0] - 1) // 2 + 1, (half[1] - 1) // 2 + 1))
+    else:
+        sizes.append(((height - 1) // 3 + 1, (width - 1) // 3 + 1))
+    return sizes
+
+
+class CrossScaleAttention(nn.Module):
+    """Cross-Scale Attention: queries at full resolution attend to keys/values of three scales.
+
+    Q = X Wq; for each scale i, Xi is X (i=0) or a down-sampled X, Ki = Xi Wk_i, Vi = Xi Wv_i;
+    Attn = softmax(Q [K0;K1;K2]^T / sqrt(d)) [V0;V1;V2]; plus the parallel convolution path
+    DWConv3x3(Hardswish(V0)); then Hardswish and the 1x1 conv+BN output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        key_dim: int = 32,
+        attn_ratio: float = 2.0,
+        use_pcp: bool = True,
+        use_msp: bool = True,
+        downsample: str = "dwconv",
+        attn_impl: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = int(round(attn_ratio * key_dim))
+        self.scale = key_dim ** -0.5
+        self.use_pcp = use_pcp
+        self.use_msp = use_msp
+        self.downsample = downsample
+        self.attn_impl = attn_impl
+        self.store_attention = False
+        self.last_attention: torch.Tensor | None = None
+
+        qk_chs = num_heads * key_dim
+        v_chs = num_heads * self.value_dim
+        self.query = ConvBN(dim, qk_chs)
+        self.scale_downsamplers = nn.ModuleList(self._make_downsamplers(dim, downsample, use_msp))
+        num_scales = len(self.scale_downsamplers)
+        self.key_proj = nn.ModuleList([ConvBN(dim, qk_chs) for _ in range(num_scales)])
+        self.value_proj = nn.ModuleList([ConvBN(dim, v_chs) for _ in range(num_scales)])
+        self.conv_path = (
+            nn.Sequential(nn.Hardswish(), nn.Conv2d(v_chs, v_chs, 3, 1, 1, groups=v_chs))
+            if use_pcp
+            else None
+        )
+        self.out_act = nn.Hardswish()
+        self.proj = ConvBN(v_chs, dim)
+
+    @staticmethod
+    def _make_downsamplers(dim: int, strategy: str, use_msp: bool) -> list[nn.Module]:
+        """Modules producing X0, X1, X2 (X0 is the identity). The cascade's X2 module is applied
+        to X1 rather than to X; ``forward`` handles that ordering."""
+        scales: list[nn.Module] = [nn.Identity()]
+        if not use_msp:
+            return scales
+        if strategy == "avgpool":
+            scales.append(nn.AvgPool2d(3, 2, 1, count_include_pad=False))
+            scales.append(nn.AvgPool2d(3, 3, 1, count_include_pad=False))
+        elif strategy in ("dwconv", "single"):
+            scales.append(ConvBN(dim, dim, 3, 2, 1, groups=dim))
+            if strategy == "dwconv":
+                scales.append(ConvBN(dim, dim, 3, 3, 1, groups=dim))
+        elif strategy == "cascade":
+            scales.append(ConvBN(dim, dim, 3, 2, 1, groups=dim))
+            scales.append(ConvBN(dim, dim, 3, 2, 1, groups=dim))
+        else:
+            raise ValueError(f"unknown downsample strategy {strategy!r}")
+        return scales
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scale_downsamplers)
+
+    def scale_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """X0, X1, X2 for this layer's strategy."""
+        inputs = [x]
+        for index, downsampler in enumerate(self.scale_downsamplers):
+            if index == 0:
+                continue
+            source = inputs[-1] if (self.downsample == "cascade" and index == 2) else x
+            inputs.append(downsampler(source))
+        return inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        heads = self.num_heads
+        q = self.query(x).reshape(batch, heads, self.key_dim, height * width).transpose(-2, -1)
+        keys, values = [], []
+        value_full_res = None
+        for index, scale_input in enumerate(self.scale_inputs(x)):
+            k = self.key_proj[index](scale_input)
+            v = self.value_proj[index](scale_input)
+            if index == 0:
+                value_full_res = v
+            keys.append(k.flatten(2).reshape(batch, heads, self.key_dim, -1))
+            values.append(v.flatten(2).reshape(batch, heads, self.value_dim, -1))
+        k = torch.cat(keys, dim=-1).transpose(-2, -1)  # B, heads, M, d
+        v = torch.cat(values, dim=-1).transpose(-2, -1)  # B, heads, M, dv
+
+        if self.attn_impl == "explicit" or self.store_attention:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = attn.softmax(dim=-1)
+            if self.store_attention:
+                self.last_attention = attn.detach()
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-2, -1).reshape(batch, heads * self.value_dim, height, width)
+        if self.conv_path is not None:
+            out = out + self.conv_path(value_full_res)
+        return self.proj(self.out_act(out))
+
+
+class FFN(nn.Module):
+    """1x1 conv+BN (C -> rC), 3x3 depthwise conv+BN, activation, 1x1 conv+BN (rC -> C)."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 2.0, act_layer: str = "hardswish") -> None:
+        super().__init__()
+        hidden = max(1, int(round(dim * mlp_ratio)))
+        self.fc1 = ConvBN(dim, hidden)
+        self.dwconv = ConvBN(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.act = make_activation(act_layer)
+        self.fc2 = ConvBN(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.dwconv(self.fc1(x))))
+
+
+class IntraFFN(nn.Module):
+    """One FFN per stage's channel slice (C1'..C4'), concatenated back: no cross-stage 1x1 mixing."""
+
+    def __init__(self, split_channels: Sequence[int], mlp_ratio: float = 2.0, act_layer: str = "hardswish") -> None:
+        super().__init__()
+        self.split_channels = list(split_channels)
+        self.stage_ffns = nn.ModuleList([FFN(c, mlp_ratio, act_layer) for c in self.split_channels])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.split_channels, dim=1)
+        return torch.cat([ffn(part) for ffn, part in zip(self.stage_ffns, parts)], dim=1)
+
+
+class MSCSABlock(nn.Module):
+    """X += CSA(BN(X)); X += IntraFFN(BN(X)); X += CSA(BN(X)); X += FFN(BN(X)) — pre-norm BN,
+    drop path on every residual branch. With ``use_intra_ffn=False`` the Intra-FFN becomes an FFN."""
+
+    def __init__(
+        self,
+        split_channels: Sequence[int],
+        num_heads: int = 8,
+        key_dim: int = 32,
+        attn_ratio: float = 2.0,
+        mlp_ratio: float = 2.0,
+        act_layer: str = "hardswish",
+        drop_path: float = 0.0,
+        use_pcp: bool = True,
+        use_intra_ffn: bool = True,
+        use_msp: bool = True,
+        downsample: str = "dwconv",
+        attn_impl: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        dim = sum(split_channels)
+
+        def attention() -> CrossScaleAttention:
+            return CrossScaleAttention(
+                dim, num_heads, key_dim, attn_ratio, use_pcp, use_msp, downsample, attn_impl
+            )
+
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.attn1 = attention()
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.intra_ffn = (
+            IntraFFN(split_channels, mlp_ratio, act_layer) if use_intra_ffn else FFN(dim, mlp_ratio, act_layer)
+        )
+        self.norm3 = nn.BatchNorm2d(dim)
+        self.attn2 = attention()
+        self.norm4 = nn.BatchNorm2d(dim)
+        self.ffn = FFN(dim, mlp_ratio, act_layer)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn1(self.norm1(x)))
+        x = x + self.drop_path(self.intra_ffn(self.norm2(x)))
+        x = x + self.drop_path(self.attn2(self.norm3(x)))
+        x = x + self.drop_path(self.ffn(self.norm4(x)))
+        return x
+
+
+def pooled_size(stage_sizes: Sequence[tuple[int, int]], pool_stride: int) -> tuple[int, int]:
+    """Size of the multi-stage map at output stride ``pool_stride``.
+
+    For strides the backbone has (4..32) it is that stage's own map size, so "1/32" means exactly
+    the stride-32 map whatever the backbone's rounding; other strides are derived from the
+    nearest stage by ceiling division (e.g. 1/64 = ceil(size at 1/32 / 2)).
+    """
+    stage_strides = (4, 8, 16, 32)
+    if pool_stride in stage_strides:
+        return tuple(stage_sizes[stage_strides.index(pool_stride)])  # type: ignore[return-value]
+    if pool_stride > 32:
+        base, factor = stage_sizes[3], pool_stride // 32
+    else:
+        base, factor = stage_sizes[0], 1
+    return (math.ceil(base[0] / factor), math.ceil(base[1] / factor))
+
+
+class MultiStageAggregation(nn.Module):
+    """Average-pool the four stage maps to one size, optionally squeeze each (1x1 conv+BN), concat."""
+
+    def __init__(self, in_channels: Sequence[int], squeeze_ratio: float | None = None, pool_stride: int = 32) -> None:
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.pool_stride = pool_stride
+        if squeeze_ratio is None:
+            self.out_channels = list(in_channels)
+            self.squeeze = None
+        else:
+            self.out_channels = [int(round(c * squeeze_ratio)) for c in in_channels]
+            self.squeeze = nn.ModuleList([ConvBN(c, o) for c, o in zip(in_channels, self.out_channels)])
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = pooled_size([f.shape[-2:] for f in features], self.pool_stride)
+        pooled = [f if tuple(f.shape[-2:]) == size else F.adaptive_avg_pool2d(f, size) for f in features]
+        if self.squeeze is not None:
+            pooled = [squeeze(p) for squeeze, p in zip(self.squeeze, pooled)]
+        return torch.cat(pooled, dim=1)
+
+
+class MSCSA(nn.Module):
+    """The add-on module: aggregation followed by ``depth`` MSCSA blocks. Returns the multi-stage
+    map X (B, sum Ci', h, w); ``split_channels`` tells where each stage's part lies."""
+
+    def __init__(self, in_channels: Sequence[int], config: MSCSAConfig | None = None, task: str = "classification") -> None:
+        super().__init__()
+        config = (config or MSCSAConfig()).validate(tuple(in_channels))
+        if len(in_channels) != 4:
+            raise ValueError(f"MSCSA takes four stage maps (strides 4..32), got {len(in_channels)} widths")
+        self.config = config
+        self.aggregation = MultiStageAggregation(in_channels, config.squeeze_ratio, config.pool_stride_for(task))
+        self.split_channels = self.aggregation.out_channels
+        self.dim = sum(self.split_channels)
+        drop_rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.blocks = nn.Sequential(
+            *[
+                MSCSABlock(
+                    self.split_channels,
+                    num_heads=config.num_heads,
+                    key_dim=config.key_dim,
+                    attn_ratio=config.attn_ratio,
+                    mlp_ratio=config.mlp_ratio,
+                    act_layer=config.act_layer,
+                    drop_path=rate,
+                    use_pcp=config.use_pcp,
+                    use_intra_ffn=config.use_intra_ffn,
+                    use_msp=config.use_msp,
+                    downsample=config.downsample,
+                    attn_impl=config.attn_impl,
+                )
+                for rate in drop_rates
+            ]
+        )
+
+    def attention_layers(self) -> list[CrossScaleAttention]:
+        return [m for m in self.modules() if isinstance(m, CrossScaleAttention)]
+
+    def set_attn_impl(self, impl: str) -> None:
+        """Switch every CSA layer between "sdpa" and "explicit" (same weights, same numbers)."""
+        for layer in self.attention_layers():
+            layer.attn_impl = impl
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.blocks(self.aggregation(features))
+
+
+class ClassificationHead(Fusable, nn.Module):
+    """Fig. 4: BN -> global average pool -> Linear. ``fuse()`` folds the BN into the Linear
+    (exact in eval mode, since the spatial mean commutes with a per-channel affine map)."""
+
+    def __init__(self, dim: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.norm = nn.BatchNorm2d(dim)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.fc, nn.Linear):
+            nn.init.trunc_normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.norm(x).mean(dim=(2, 3))
+        if pre_logits:
+            return pooled
+        return self.fc(self.drop(pooled))
+
+    @torch.no_grad()
+    def fuse(self) -> "ClassificationHead":
+        if isinstance(self.norm, nn.BatchNorm2d) and isinstance(self.fc, nn.Linear):
+            self.fc = fold_bn_into_linear(self.norm, self.fc)
+            self.norm = nn.Identity()
+        return self
+
+
+class DenseFusion(nn.Module):
+    """Fig. 5: each stage's MSCSA part g_i injects into the backbone map F_i:
+    out_i = F_i * hardsigmoid(ConvBN_w(g_i)) + ConvBN_b(g_i), ConvBN: Ci' -> Ci."""
+
+    def __init__(self, split_channels: Sequence[int], stage_channels: Sequence[int], order: str = "conv_first") -> None:
+        super().__init__()
+        if order not in ("conv_first", "upsample_first"):
+            raise ValueError(f"unknown fusion order {order!r}")
+        self.split_channels = list(split_channels)
+        self.order = order
+        self.weight_convs = nn.ModuleList([ConvBN(g, c) for g, c in zip(split_channels, stage_channels)])
+        self.bias_convs = nn.ModuleList([ConvBN(g, c) for g, c in zip(split_channels, stage_channels)])
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        parts = torch.split(x, self.split_channels, dim=1)
+        fused = []
+        for part, feature, weight_conv, bias_conv in zip(parts, features, self.weight_convs, self.bias_convs):
+            size = feature.shape[-2:]
+            if self.order == "upsample_first":
+                part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
+                weight, bias = weight_conv(part), bias_conv(part)
+            else:
+                weight = F.interpolate(weight_conv(part), size=size, mode="bilinear", align_corners=False)
+                bias = F.interpolate(bias_conv(part), size=size, mode="bilinear", align_corners=False)
+            fused.append(feature * self.gate(weight) + bias)
+        return fused
+
+
+def fuse_mscsa(module: nn.Module) -> nn.Module:
+    """Fold every conv+BN pair into one conv (eval only); returns the module."""
+    module.eval()
+    return fuse_modules(module)

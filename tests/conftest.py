@@ -1,0 +1,28 @@
+"""Shared test setup: offline hubs, deterministic seeds, small helpers."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing can be downloaded here; fail fast
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import mscsa_lab  # noqa: E402,F401 - registers the timm models
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def randomize_batchnorm(module: torch.nn.Module) -> None:
+    """Give every BN non-trivial running stats and affine parameters, so that folding them
+    into convs is actually exercised (fresh BNs are the identity in eval mode)."""
+    generator = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=generator) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(m.num_features, generator=generator) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
