@@ -61,3 +61,16 @@ def test_sdpa_flop_formula():
 
     flops = sdpa_flop_jit([Shape([2, 4, 10, 8]), Shape([2, 4, 30, 8]), Shape([2, 4, 30, 16])], [])
     assert flops == 2 * 4 * 10 * 30 * (8 + 16)
+
+
+@pytest.mark.parametrize("profile", ["pvt_v2_b0", "resnet50"])
+def test_table6_flops_with_and_without_mscsa(profile):
+    """Table 6 of the paper at 224x224: the backbone alone and with MSCSA, within 5%."""
+    from mscsa_lab.profiles import load_profile
+
+    spec = load_profile(profile)
+    x = torch.randn(1, 3, 224, 224)
+    backbone = count_flops(timm.create_model(spec.backbone), x)[""] / 1e9
+    with_mscsa = count_flops(create_mscsa_model(profile), x)[""] / 1e9
+    assert backbone == pytest.approx(spec.paper["flops_g"], rel=0.05)
+    assert with_mscsa == pytest.approx(spec.paper["flops_mscsa_g"], rel=0.05)

@@ -12,13 +12,11 @@ from mscsa_lab.models.layers import ConvBN
 from mscsa_lab.profiles import list_profiles
 
 AVAILABLE = [p for p in list_profiles() if p.available]
-# Swin's windows need the input size at construction; the others take any size.
-SIZE_KWARGS = {"swin_tiny": lambda h, w: dict(backbone_kwargs=dict(img_size=(h, w)))}
 
 
 def build(profile, height=224, width=224, **kwargs):
-    extra = SIZE_KWARGS.get(profile.name, lambda h, w: {})(height, width)
-    return timm.create_model(profile.model_name, **extra, **kwargs).eval()
+    # Swin's windows need the input size at construction; the other backbones ignore img_size.
+    return timm.create_model(profile.model_name, img_size=(height, width), **kwargs).eval()
 
 
 def test_every_timm_table7_backbone_is_registered():
@@ -61,7 +59,7 @@ def test_dense_odd_size_and_swin_nhwc_converted():
     with torch.no_grad():
         outputs = model(torch.randn(1, 3, 197, 263))
     assert [tuple(o.shape[-2:]) for o in outputs] == [(50, 66), (25, 33), (13, 17), (7, 9)]
-    swin = create_mscsa_model("swin_tiny", backbone_kwargs=dict(img_size=(64, 64)))
+    swin = create_mscsa_model("swin_tiny", img_size=(64, 64))
     assert swin.backbone.nhwc
     with torch.no_grad():
         stages = swin.backbone(torch.randn(1, 3, 64, 64))

@@ -92,8 +92,11 @@ class StageFeatures(nn.Module):
         backbone: str,
         pretrained: bool = False,
         pretrained_file: str | os.PathLike | None = None,
+        img_size: int | tuple[int, int] | None = None,
         **backbone_kwargs,
     ) -> None:
+        """``img_size`` is passed to backbones whose constructor takes it (Swin's windows are
+        built for one input size) and ignored by the others, which take any size."""
         super().__init__()
         if not isinstance(backbone, str) or not backbone:
             raise BackboneError(f"backbone must be a timm model name, got {backbone!r}")
@@ -103,9 +106,7 @@ class StageFeatures(nn.Module):
             raise BackboneError(f"unknown timm backbone {backbone!r}.{hint}")
         weight_kwargs = _resolve_pretrained(backbone, pretrained, pretrained_file)
         try:
-            model = timm.create_model(backbone, features_only=True, **weight_kwargs, **backbone_kwargs)
-        except PretrainedWeightsUnavailable:
-            raise
+            model = self._create(backbone, img_size, **weight_kwargs, **backbone_kwargs)
         except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as error:
             if weight_kwargs.get("pretrained"):
                 raise PretrainedWeightsUnavailable(
@@ -129,6 +130,16 @@ class StageFeatures(nn.Module):
         self.nhwc = str(getattr(model, "output_fmt", "NCHW")).upper().endswith("NHWC")
         self.name = backbone
         self.model = model
+
+    @staticmethod
+    def _create(backbone: str, img_size, **kwargs) -> nn.Module:
+        if img_size is not None:
+            try:
+                return timm.create_model(backbone, features_only=True, img_size=img_size, **kwargs)
+            except TypeError as error:
+                if "img_size" not in str(error):
+                    raise
+        return timm.create_model(backbone, features_only=True, **kwargs)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = self.model(x)

@@ -40,6 +40,7 @@ class MSCSANet(nn.Module):
         drop_rate: float = 0.0,
         pretrained: bool = False,
         pretrained_file: str | os.PathLike | None = None,
+        img_size: int | tuple[int, int] | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -52,7 +53,7 @@ class MSCSANet(nn.Module):
         config = config or MSCSAConfig()
         self.task = task
         self.config = config
-        self.backbone = StageFeatures(backbone, pretrained, pretrained_file, **(backbone_kwargs or {}))
+        self.backbone = StageFeatures(backbone, pretrained, pretrained_file, img_size, **(backbone_kwargs or {}))
         self.mscsa = MSCSA(self.backbone.channels, config, task)
         self.num_classes = num_classes if task == "classification" else 0
         if task == "classification":
@@ -147,6 +148,7 @@ def create_mscsa_model(
     num_classes: int = 1000,
     pretrained: bool = False,
     pretrained_file: str | os.PathLike | None = None,
+    img_size: int | tuple[int, int] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     drop_rate: float = 0.0,
     **overrides: Any,
@@ -154,6 +156,7 @@ def create_mscsa_model(
     """Build backbone+MSCSA from a Table 7 profile, or from any timm backbone and a custom config.
 
     ``overrides`` change single MSCSA settings of the profile (``depth=2``, ``squeeze_ratio="1/2"``).
+    ``img_size`` is the input size for backbones built for one size (Swin); others ignore it.
     """
     if profile is not None:
         profile = load_profile(profile) if isinstance(profile, str) else profile
@@ -178,6 +181,7 @@ def create_mscsa_model(
         drop_rate=drop_rate,
         pretrained=pretrained,
         pretrained_file=pretrained_file,
+        img_size=img_size,
         backbone_kwargs=backbone_kwargs,
     )
 
