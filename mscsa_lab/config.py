@@ -25,6 +25,7 @@ __all__ = [
 DOWNSAMPLE_STRATEGIES = ("dwconv", "avgpool", "cascade", "single")
 ATTENTION_IMPLS = ("sdpa", "explicit")
 FUSION_ORDERS = ("conv_first", "upsample_first")
+UPSAMPLE_MODES = ("bilinear", "nearest")
 POOL_STRIDES = (4, 8, 16, 32, 64, 128)
 
 # Table 4 of the paper, cumulative: each preset adds one component to the previous one.
@@ -75,6 +76,8 @@ class MSCSAConfig:
     attn_impl: "sdpa" (torch's fused kernel) or "explicit" (softmax(QK^T/sqrt(d))V written out).
     fusion_order: dense fusion of Fig. 5: "conv_first" runs the injection convs at the low MSCSA
         resolution and upsamples their results (TopFormer's order), "upsample_first" the reverse.
+    upsample_mode: how stage maps smaller than the pooling target are enlarged (only when pooling
+        finer than 1/32, e.g. CoaT's 1/16): "bilinear" (default) or "nearest".
     """
 
     pool_stride: int = 32
@@ -93,6 +96,7 @@ class MSCSAConfig:
     downsample: str = "dwconv"
     attn_impl: str = "sdpa"
     fusion_order: str = "conv_first"
+    upsample_mode: str = "bilinear"
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +148,7 @@ class MSCSAConfig:
             ("downsample", DOWNSAMPLE_STRATEGIES),
             ("attn_impl", ATTENTION_IMPLS),
             ("fusion_order", FUSION_ORDERS),
+            ("upsample_mode", UPSAMPLE_MODES),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} is unknown: choose one of {list(allowed)}")

@@ -14,7 +14,7 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
-__all__ = ["sdpa_flop_jit", "ATTENTION_OPS", "flop_analysis", "count_flops"]
+__all__ = ["sdpa_flop_jit", "ATTENTION_OPS", "flop_analysis", "count_flops", "uncounted_note"]
 
 # Fused attention ops as they appear in a TorchScript trace; all take (query, key, value, ...).
 ATTENTION_OPS = (
@@ -82,3 +82,11 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor])
             return dict(flop_analysis(model, inputs).by_module())
     finally:
         model.train(was_training)
+
+
+def uncounted_note(uncounted_ops: dict[str, int]) -> str:
+    """The line printed under every table: which operators fvcore did not count, if any."""
+    if not uncounted_ops:
+        return "Every operator was counted (shape-only ops cost nothing)."
+    listed = ", ".join(f"{op} (x{count})" for op, count in sorted(uncounted_ops.items()))
+    return f"Operators fvcore does not count (elementwise ops are left out by its convention): {listed}."

@@ -94,9 +94,15 @@ def test_fused_equals_unfused(task):
     x = torch.randn(2, 3, 160, 192)
     with torch.no_grad():
         reference = model(x)
+        features_before = model.forward_head(*model.forward_features(x), pre_logits=True) if task == "classification" else None
         model.fuse()
         fused = model(x)
-    assert model.is_fused and not any(isinstance(m, ConvBN) for m in model.mscsa.modules())
+    assert model.is_fused and not any(isinstance(m, ConvBN) for m in model.modules() if m is not model.backbone)
+    assert not any(isinstance(m, ConvBN) for m in model.mscsa.modules())
+    if task == "classification":
+        assert isinstance(model.head.norm, torch.nn.Identity)  # the head's BN was folded too
+        with torch.no_grad():
+            assert torch.allclose(model.forward_head(*model.forward_features(x), pre_logits=True), features_before, atol=1e-5)
     pairs = [(reference, fused)] if task == "classification" else list(zip(reference, fused))
     for ref, out in pairs:
         assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

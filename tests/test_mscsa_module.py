@@ -99,8 +99,10 @@ def test_block_structure_and_order():
     assert all(isinstance(getattr(block, f"norm{i}"), nn.BatchNorm2d) for i in range(1, 5))
     assert isinstance(block.intra_ffn, IntraFFN) and isinstance(block.ffn, FFN)
     assert module.split_channels == [8, 16, 24, 32] and module.dim == 80
-    # Stochastic depth grows linearly to drop_path over the blocks.
-    assert [getattr(b.drop_path, "drop_prob", 0.0) for b in module.blocks] == pytest.approx([0.0, 0.1, 0.2])
+    # Stochastic depth grows linearly to drop_path over the blocks; a single block still drops.
+    assert [getattr(b.drop_path, "drop_prob", 0.0) for b in module.blocks] == pytest.approx([0.2 / 3, 0.4 / 3, 0.2])
+    single = MSCSA(STAGE_CHANNELS, MSCSAConfig(depth=1, drop_path=0.1, num_heads=2, key_dim=4))
+    assert single.blocks[0].drop_path.drop_prob == pytest.approx(0.1)
 
 
 def test_ffn_and_intra_ffn_layout():
@@ -207,3 +209,34 @@ def test_fuse_module_equals_unfused():
         fused = head(module(features))
     assert not any(isinstance(m, ConvBN) for m in module.modules())
     assert torch.allclose(fused, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_finer_pooling_upsamples_smaller_stages():
+    """Pooling to 1/16 (CoaT) needs the stride-32 map enlarged: bilinear by default, not copies."""
+    features = stage_maps(64, 64)
+    module = MSCSA(STAGE_CHANNELS, MSCSAConfig(pool_stride=16, num_heads=2, key_dim=4))
+    out = module.aggregation(features)
+    assert out.shape[-2:] == (4, 4)
+    expected = nn.functional.interpolate(features[3], size=(4, 4), mode="bilinear", align_corners=False)
+    assert torch.allclose(out[:, -64:], expected)
+    nearest = MSCSA(STAGE_CHANNELS, MSCSAConfig(pool_stride=16, upsample_mode="nearest", num_heads=2, key_dim=4))
+    assert torch.equal(nearest.aggregation(features)[:, -64:], features[3].repeat_interleave(2, 2).repeat_interleave(2, 3))
+
+
+def test_training_on_a_one_pixel_scale_says_what_to_do():
+    module = MSCSA(STAGE_CHANNELS, MSCSAConfig(num_heads=2, key_dim=4)).train()
+    with pytest.raises(ValueError, match="batch 1 .* use a batch of 2 or more"):
+        module(stage_maps(32, 32, batch=1))
+    module(stage_maps(32, 32, batch=2))  # fine with two samples
+    module.eval()(stage_maps(32, 32, batch=1))  # and in eval mode
+
+
+def test_stored_attention_is_fresh():
+    layer = CrossScaleAttention(dim=8, num_heads=2, key_dim=2).eval()
+    layer.store_attention = True
+    layer(torch.randn(1, 8, 5, 5))
+    assert layer.last_attention.shape == (1, 2, 25, 25 + 9 + 4)
+    assert torch.allclose(layer.last_attention.sum(-1), torch.ones(1, 2, 25))
+    layer.store_attention = False
+    layer(torch.randn(1, 8, 5, 5))
+    assert layer.last_attention is None

@@ -155,6 +155,8 @@ class CrossScaleAttention(nn.Module):
         k = torch.cat(keys, dim=-1).transpose(-2, -1)  # B, heads, M, d
         v = torch.cat(values, dim=-1).transpose(-2, -1)  # B, heads, M, dv
 
+        if not self.store_attention:
+            self.last_attention = None
         if self.attn_impl == "explicit" or self.store_attention:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = attn.softmax(dim=-1)
@@ -264,10 +266,17 @@ def pooled_size(stage_sizes: Sequence[tuple[int, int]], pool_stride: int) -> tup
 class MultiStageAggregation(nn.Module):
     """Average-pool the four stage maps to one size, optionally squeeze each (1x1 conv+BN), concat."""
 
-    def __init__(self, in_channels: Sequence[int], squeeze_ratio: float | None = None, pool_stride: int = 32) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        squeeze_ratio: float | None = None,
+        pool_stride: int = 32,
+        upsample_mode: str = "bilinear",
+    ) -> None:
         super().__init__()
         self.in_channels = list(in_channels)
         self.pool_stride = pool_stride
+        self.upsample_mode = upsample_mode
         if squeeze_ratio is None:
             self.out_channels = list(in_channels)
             self.squeeze = None
@@ -277,10 +286,22 @@ class MultiStageAggregation(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         size = pooled_size([f.shape[-2:] for f in features], self.pool_stride)
-        pooled = [f if tuple(f.shape[-2:]) == size else F.adaptive_avg_pool2d(f, size) for f in features]
+        pooled = [self._resize(f, size) for f in features]
         if self.squeeze is not None:
             pooled = [squeeze(p) for squeeze, p in zip(self.squeeze, pooled)]
         return torch.cat(pooled, dim=1)
+
+    def _resize(self, feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Average-pool maps larger than the target; maps smaller than it (the stride-32 map when
+        pooling to 1/16, as for CoaT) are upsampled, which average pooling cannot do."""
+        height, width = feature.shape[-2:]
+        if (height, width) == tuple(size):
+            return feature
+        if height >= size[0] and width >= size[1]:
+            return F.adaptive_avg_pool2d(feature, size)
+        if self.upsample_mode == "nearest":
+            return F.interpolate(feature, size=size, mode="nearest")
+        return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
 
 
 class MSCSA(nn.Module):
@@ -293,10 +314,13 @@ class MSCSA(nn.Module):
         if len(in_channels) != 4:
             raise ValueError(f"MSCSA takes four stage maps (strides 4..32), got {len(in_channels)} widths")
         self.config = config
-        self.aggregation = MultiStageAggregation(in_channels, config.squeeze_ratio, config.pool_stride_for(task))
+        self.aggregation = MultiStageAggregation(
+            in_channels, config.squeeze_ratio, config.pool_stride_for(task), config.upsample_mode
+        )
         self.split_channels = self.aggregation.out_channels
         self.dim = sum(self.split_channels)
-        drop_rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        # Block i of n drops with probability drop_path * i / n, so depth 1 still uses drop_path.
+        drop_rates = [config.drop_path * (i + 1) / config.depth for i in range(config.depth)]
         self.blocks = nn.Sequential(
             *[
                 MSCSABlock(
@@ -326,7 +350,21 @@ class MSCSA(nn.Module):
             layer.attn_impl = impl
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.blocks(self.aggregation(features))
+        x = self.aggregation(features)
+        if self.training:
+            self._check_batch_statistics(x)
+        return self.blocks(x)
+
+    def _check_batch_statistics(self, x: torch.Tensor) -> None:
+        """BatchNorm needs two values per channel in training; say so instead of failing deep inside."""
+        config = self.config
+        smallest = min(h * w for h, w in scale_sizes(*x.shape[-2:], config.downsample, config.use_msp))
+        if x.shape[0] * smallest < 2:
+            raise ValueError(
+                f"training MSCSA on batch {x.shape[0]} with a {x.shape[-2]}x{x.shape[-1]} multi-stage map leaves "
+                f"a key/value scale of one pixel, too few for BatchNorm statistics: use a batch of 2 or more, a "
+                f"larger input, or eval mode"
+            )
 
 
 class ClassificationHead(Fusable, nn.Module):
@@ -344,10 +382,11 @@ class ClassificationHead(Fusable, nn.Module):
             nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = self.norm(x).mean(dim=(2, 3))
+        """``pre_logits`` returns the pooled MSCSA features before the BN, so the answer is the
+        same before and after ``fuse()`` moves the BN into the Linear."""
         if pre_logits:
-            return pooled
-        return self.fc(self.drop(pooled))
+            return x.mean(dim=(2, 3))
+        return self.fc(self.drop(self.norm(x).mean(dim=(2, 3))))
 
     @torch.no_grad()
     def fuse(self) -> "ClassificationHead":
@@ -384,9 +423,3 @@ class DenseFusion(nn.Module):
                 bias = F.interpolate(bias_conv(part), size=size, mode="bilinear", align_corners=False)
             fused.append(feature * self.gate(weight) + bias)
         return fused
-
-
-def fuse_mscsa(module: nn.Module) -> nn.Module:
-    """Fold every conv+BN pair into one conv (eval only); returns the module."""
-    module.eval()
-    return fuse_modules(module)

@@ -20,7 +20,7 @@ from torch import nn
 from ..config import ConfigError, MSCSAConfig
 from ..profiles import Profile, load_profile
 from .backbones import StageFeatures
-from .layers import fuse_modules
+from .layers import Fusable, fuse_modules
 from .mscsa import MSCSA, ClassificationHead, DenseFusion
 
 __all__ = ["MSCSANet", "create_mscsa_model", "TASKS"]
@@ -89,9 +89,10 @@ class MSCSANet(nn.Module):
         """Fold BN into the preceding convs of MSCSA, the head and the fusion (inference only).
         The backbone is left as timm built it."""
         self.eval()
-        for part in (self.mscsa, self.head, self.fusion):
+        for name in ("mscsa", "head", "fusion"):
+            part = getattr(self, name)
             if part is not None:
-                fuse_modules(part)
+                setattr(self, name, part.fuse() if isinstance(part, Fusable) else fuse_modules(part))
         self.is_fused = True
         return self
 

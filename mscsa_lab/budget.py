@@ -1,0 +1,152 @@
+"""Fit MSCSA under a FLOPs budget, the paper's rule for parallel attachment ("about 10% of the
+backbone's FLOPs").
+
+Only the add-on is re-counted per candidate (aggregation, blocks, head or fusion on stage maps of
+the right shapes), so a search over a few dozen configurations costs seconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import pandas as pd
+import timm
+import torch
+from torch import nn
+
+from .architecture import parse_input_size
+from .config import ConfigError, MSCSAConfig
+from .flops import flop_analysis
+from .models.backbones import StageFeatures
+from .models.mscsa import MSCSA, ClassificationHead, DenseFusion
+from .profiles import ProfileError, load_profile
+
+__all__ = ["BudgetResult", "fit_flops_budget", "SQUEEZE_GRID"]
+
+# Candidate squeeze ratios: none (no conv), then 16/16 down to 1/16.
+SQUEEZE_GRID: list[Fraction | None] = [None] + [Fraction(k, 16) for k in range(16, 0, -1)]
+
+
+class _AddOn(nn.Module):
+    """MSCSA plus its head or fusion, fed with precomputed stage maps."""
+
+    def __init__(self, channels: list[int], config: MSCSAConfig, task: str, num_classes: int) -> None:
+        super().__init__()
+        self.mscsa = MSCSA(channels, config, task)
+        self.head = ClassificationHead(self.mscsa.dim, num_classes) if task == "classification" else None
+        self.fusion = DenseFusion(self.mscsa.split_channels, channels, config.fusion_order) if task == "dense" else None
+
+    def forward(self, f1, f2, f3, f4):
+        features = [f1, f2, f3, f4]
+        x = self.mscsa(features)
+        return self.head(x) if self.head is not None else self.fusion(x, features)
+
+
+@dataclass
+class BudgetResult:
+    backbone: str
+    cap: float
+    config: MSCSAConfig | None
+    backbone_flops: int
+    added_flops: int | None
+    candidates: pd.DataFrame = field(repr=False)
+    message: str = ""
+
+    @property
+    def share(self) -> float | None:
+        return None if self.added_flops is None else self.added_flops / self.backbone_flops
+
+
+def _head_dim_candidates(num_heads: int, key_dim: int) -> list[tuple[int, int]]:
+    """(heads, d) pairs from the given one downwards: d shrinks by eighths, then heads halve."""
+    pairs = []
+    heads = num_heads
+    while heads >= 1:
+        for eighths in range(8, 3, -1):
+            d = max(1, round(key_dim * eighths / 8))
+            if (heads, d) not in pairs:
+                pairs.append((heads, d))
+        if heads == 1:
+            break
+        heads = max(1, heads // 2)
+    return pairs
+
+
+def _ratio_text(ratio: Fraction | None) -> str:
+    return "none" if ratio is None else str(ratio)
+
+
+def fit_flops_budget(
+    name: str,
+    cap: float = 0.10,
+    input_size: tuple[int, int] = (224, 224),
+    task: str = "classification",
+    num_classes: int = 1000,
+    **settings: Any,
+) -> BudgetResult:
+    """The configuration whose added FLOPs come closest to ``cap`` x backbone FLOPs without
+    passing it: squeeze ratio first (keeping the profile's heads and head dim), and only if no
+    ratio fits, smaller head dims and then fewer heads."""
+    if not isinstance(cap, (int, float)) or not 0 < cap <= 10:
+        raise ConfigError(f"cap={cap!r} must be a fraction of the backbone's FLOPs in (0, 10], e.g. 0.1 for 10%")
+    height, width = parse_input_size(*input_size)
+    try:
+        profile = load_profile(name)
+        backbone, base = profile.backbone, profile.config
+    except ProfileError:
+        backbone, base = name, MSCSAConfig()
+    if settings:
+        base = base.replace(**settings)
+    x = torch.zeros(1, 3, height, width)
+    features_model = StageFeatures(backbone, img_size=(height, width)).eval()
+    if task == "dense":
+        baseline = features_model
+    else:
+        try:
+            baseline = timm.create_model(backbone, img_size=(height, width), num_classes=num_classes)
+        except TypeError:
+            baseline = timm.create_model(backbone, num_classes=num_classes)
+    with torch.no_grad():
+        backbone_flops = flop_analysis(baseline.eval(), x).total()
+        features_flops = flop_analysis(features_model, x).total()
+        stage_maps = tuple(features_model(x))
+    channels = features_model.channels
+    limit = cap * backbone_flops
+
+    tried = []
+    chosen: tuple[int, MSCSAConfig] | None = None
+    for heads, key_dim in _head_dim_candidates(base.num_heads, base.key_dim):
+        best_here: tuple[int, MSCSAConfig] | None = None
+        for ratio in SQUEEZE_GRID:
+            config = base.replace(num_heads=heads, key_dim=key_dim,
+                                  squeeze_ratio=None if ratio is None else float(ratio))
+            if min(config.squeezed_channels(channels)) < 1:
+                continue
+            addon = _AddOn(channels, config, task, num_classes).eval()
+            with torch.no_grad():
+                added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
+            fits = added <= limit
+            tried.append(dict(heads=heads, key_dim=key_dim, squeeze_ratio=_ratio_text(ratio),
+                              added_gflops=added / 1e9, share_pct=100 * added / backbone_flops, fits=fits))
+            if fits and (best_here is None or added > best_here[0]):
+                best_here = (added, config)
+        if best_here is not None:
+            chosen = best_here
+            break
+
+    candidates = pd.DataFrame(tried)
+    if chosen is None:
+        message = (f"no configuration fits under {100 * cap:.1f}% of {backbone}'s {backbone_flops / 1e9:.3f} GFLOPs "
+                   f"(smallest tried adds {candidates['share_pct'].min():.1f}%): raise the cap")
+        return BudgetResult(backbone, cap, None, backbone_flops, None, candidates, message)
+    added, config = chosen
+    ratio = "none" if config.squeeze_ratio is None else str(Fraction(config.squeeze_ratio).limit_denominator(16))
+    changed = (config.num_heads, config.key_dim) != (base.num_heads, base.key_dim)
+    message = (
+        f"chose squeeze ratio {ratio} with {config.num_heads} heads of dim {config.key_dim}"
+        + (f" (reduced from {base.num_heads} x {base.key_dim}: no squeeze ratio fitted)" if changed else "")
+        + f": MSCSA adds {added / 1e9:.3f} GFLOPs = {100 * added / backbone_flops:.1f}% of {backbone}'s "
+        f"{backbone_flops / 1e9:.3f} GFLOPs (cap {100 * cap:.1f}%, {height}x{width}, {task})"
+    )
+    return BudgetResult(backbone, cap, config, backbone_flops, added, candidates, message)

@@ -1,0 +1,166 @@
+"""Backbones with and without MSCSA side by side, in the form of the paper's Table 6.
+
+The baseline is the backbone as timm builds it: with its own classifier for classification, as a
+``features_only`` model for dense prediction (the MSCSA model then returns the four fused maps).
+The paper's figures are placed beside ours where it reports them (224x224 classification only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pandas as pd
+import timm
+import torch
+
+from .architecture import parse_input_size
+from .export import ResultTable
+from .flops import flop_analysis, uncounted_note
+from .metadata import run_metadata
+from .models.mscsa_net import create_mscsa_model
+from .profiler import CONVENTIONS, convention_factor
+from .profiles import Profile, ProfileError, load_profile
+
+__all__ = ["ModelPair", "measure_pair", "compare_backbones", "comparison_table"]
+
+
+@dataclass
+class ModelPair:
+    """FLOPs (multiply-adds) and parameters of one backbone alone and with MSCSA."""
+
+    name: str
+    backbone: str
+    flops: int
+    flops_mscsa: int
+    params: int
+    params_mscsa: int
+    uncounted_ops: dict[str, int]
+    paper: dict[str, float]
+    fps: float | None = None
+    fps_mscsa: float | None = None
+
+
+def _count(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
+    model.eval()
+    with torch.no_grad():
+        analysis = flop_analysis(model, x)
+        return analysis.total(), dict(analysis.unsupported_ops())
+
+
+def _resolve(name: str | Profile) -> tuple[str, Profile | None]:
+    if isinstance(name, Profile):
+        return name.name, name
+    try:
+        return name, load_profile(name)
+    except ProfileError:
+        if timm.is_model(name):
+            return name, None  # any timm backbone, default MSCSA settings
+        raise
+
+
+def measure_pair(
+    name: str | Profile,
+    input_size: tuple[int, int] = (224, 224),
+    task: str = "classification",
+    batch: int = 1,
+    **settings: Any,
+) -> ModelPair:
+    """Build the backbone alone and with MSCSA and count both."""
+    height, width = parse_input_size(*input_size)
+    label, profile = _resolve(name)
+    backbone_name = profile.backbone if profile else label
+    if profile is not None:
+        profile.require_available()
+    x = torch.zeros(batch, 3, height, width)
+    model = create_mscsa_model(profile, backbone=None if profile else backbone_name, task=task,
+                               img_size=(height, width), **settings)
+    base_kwargs: dict[str, Any] = {"features_only": True} if task == "dense" else {}
+    try:
+        base = timm.create_model(backbone_name, img_size=(height, width), **base_kwargs)
+    except TypeError:
+        base = timm.create_model(backbone_name, **base_kwargs)
+    flops, uncounted = _count(base, x)
+    flops_mscsa, uncounted_mscsa = _count(model, x)
+    for op, count in uncounted_mscsa.items():
+        uncounted[op] = max(uncounted.get(op, 0), count)
+    paper = profile.paper if (profile and task == "classification" and (height, width) == (224, 224)) else {}
+    return ModelPair(
+        name=profile.title if profile else label,
+        backbone=backbone_name,
+        flops=flops,
+        flops_mscsa=flops_mscsa,
+        params=sum(p.numel() for p in base.parameters()),
+        params_mscsa=sum(p.numel() for p in model.parameters()),
+        uncounted_ops=uncounted,
+        paper=dict(paper),
+    )
+
+
+def _delta(new: float | None, old: float | None) -> float:
+    if new is None or old is None or not old:
+        return float("nan")
+    return 100.0 * (new - old) / old
+
+
+def comparison_table(
+    pairs: Iterable[ModelPair],
+    input_size: tuple[int, int] = (224, 224),
+    task: str = "classification",
+    batch: int = 1,
+    convention: str = "mac",
+    extra_metadata: dict[str, Any] | None = None,
+) -> ResultTable:
+    """The Table 6 layout: ours, then the paper's figures, for every pair."""
+    factor = convention_factor(convention)
+    nan = float("nan")
+    rows, uncounted = [], {}
+    pairs = list(pairs)
+    with_fps = any(p.fps is not None for p in pairs)
+    for pair in pairs:
+        row = {
+            "Model": pair.name,
+            "FLOPs (G)": pair.flops * factor / 1e9,
+            "+MSCSA FLOPs (G)": pair.flops_mscsa * factor / 1e9,
+            "dFLOPs (%)": _delta(pair.flops_mscsa, pair.flops),
+            "Params (M)": pair.params / 1e6,
+            "+MSCSA Params (M)": pair.params_mscsa / 1e6,
+            "dParams (%)": _delta(pair.params_mscsa, pair.params),
+        }
+        if with_fps:
+            row.update({"FPS": pair.fps if pair.fps is not None else nan,
+                        "+MSCSA FPS": pair.fps_mscsa if pair.fps_mscsa is not None else nan,
+                        "dFPS (%)": _delta(pair.fps_mscsa, pair.fps)})
+        paper = pair.paper
+        row.update({
+            "Paper FLOPs (G)": paper.get("flops_g", nan) * factor,
+            "Paper +MSCSA FLOPs (G)": paper.get("flops_mscsa_g", nan) * factor,
+            "Paper dFLOPs (%)": _delta(paper.get("flops_mscsa_g"), paper.get("flops_g")),
+            "Paper FPS (A100)": paper.get("fps", nan),
+            "Paper +MSCSA FPS (A100)": paper.get("fps_mscsa", nan),
+            "Paper dFPS (%)": _delta(paper.get("fps_mscsa"), paper.get("fps")),
+        })
+        rows.append(row)
+        for op, count in pair.uncounted_ops.items():
+            uncounted[op] = max(uncounted.get(op, 0), count)
+    height, width = input_size
+    notes = [f"FLOPs convention: {CONVENTIONS[convention]}.",
+             "Paper figures: Table 6 of Shang et al. (2023), ImageNet-1k at 224x224, FPS on one NVIDIA A100."]
+    notes.append(uncounted_note(uncounted))
+    metadata = run_metadata(input_size=f"{height}x{width}", batch=batch, task=task, flops_convention=convention,
+                            **(extra_metadata or {}))
+    return ResultTable(f"Backbones with and without MSCSA ({task}, {height}x{width})", pd.DataFrame(rows),
+                       metadata, notes)
+
+
+def compare_backbones(
+    names: Iterable[str | Profile],
+    input_size: tuple[int, int] = (224, 224),
+    task: str = "classification",
+    batch: int = 1,
+    convention: str = "mac",
+    **settings: Any,
+) -> ResultTable:
+    """Measure every named backbone (profile names or timm names) and return the Table 6 layout."""
+    size = parse_input_size(*input_size)
+    pairs = [measure_pair(name, size, task, batch, **settings) for name in names]
+    return comparison_table(pairs, size, task, batch, convention)

@@ -1,0 +1,204 @@
+"""Result tables with their metadata, written as CSV, Markdown, LaTeX (booktabs) or JSON.
+
+Every format carries the metadata (input size, batch, library versions, device, date) and the notes
+(e.g. uncounted operators), and ``read_table`` parses each format back to the same numbers
+(Markdown and LaTeX to the printed precision).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["ResultTable", "FORMATS", "format_for_path", "read_table"]
+
+FORMATS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".json": "json"}
+_META_TAG = "mscsa-lab-metadata:"
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def format_for_path(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"cannot tell the format of {str(path)!r}: use one of {sorted(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def _cell(value: Any, precision: int) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.{precision}f}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+
+
+def _latex_unescape(text: str) -> str:
+    for raw, escaped in sorted(_LATEX_SPECIALS.items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(escaped, raw)
+    return text
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Turn the columns of a parsed table back into numbers where every cell is one ("-" = NaN)."""
+    frame = frame.replace("-", float("nan"))
+    for column in frame.columns:
+        try:
+            frame[column] = pd.to_numeric(frame[column])
+        except (ValueError, TypeError):
+            frame[column] = frame[column].astype(object)
+    return frame
+
+
+@dataclass
+class ResultTable:
+    title: str
+    frame: pd.DataFrame
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ writers
+    def to_csv(self) -> str:
+        lines = [f"# title: {self.title}", f"# {_META_TAG} {json.dumps(self.metadata, default=str)}"]
+        lines += [f"# note: {note}" for note in self.notes]
+        return "\n".join(lines) + "\n" + self.frame.to_csv(index=False)
+
+    def to_markdown(self, precision: int = 3) -> str:
+        columns = list(self.frame.columns)
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "|".join("---" if self.frame[c].dtype == object else "---:" for c in columns) + "|")
+        for record in self.frame.itertuples(index=False):
+            lines.append("| " + " | ".join(_cell(v, precision).replace("|", "\\|") for v in record) + " |")
+        lines.append("")
+        lines += [f"> {note}" for note in self.notes]
+        lines.append("")
+        readable = {k: v for k, v in self.metadata.items() if not isinstance(v, dict)}
+        lines += [f"- {key}: {value}" for key, value in readable.items()]
+        lines.append(f"<!-- {_META_TAG} {json.dumps(self.metadata, default=str)} -->")
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self, precision: int = 3) -> str:
+        columns = list(self.frame.columns)
+        align = "".join("l" if self.frame[c].dtype == object else "r" for c in columns)
+        lines = [
+            f"% {_META_TAG} {json.dumps(self.metadata, default=str)}",
+            "% needs \\usepackage{booktabs}",
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{_latex_escape(self.title)}}}",
+            f"\\begin{{tabular}}{{{align}}}",
+            "\\toprule",
+            " & ".join(_latex_escape(c) for c in columns) + " \\\\",
+            "\\midrule",
+        ]
+        for record in self.frame.itertuples(index=False):
+            lines.append(" & ".join(_latex_escape(_cell(v, precision)) for v in record) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        lines += [f"% note: {note}" for note in self.notes]
+        lines.append("\\end{table}")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> str:
+        records = json.loads(self.frame.to_json(orient="records", double_precision=15))
+        return json.dumps(
+            dict(title=self.title, metadata=self.metadata, notes=self.notes, columns=list(self.frame.columns),
+                 rows=records),
+            indent=2,
+            default=str,
+        )
+
+    def render(self, fmt: str, precision: int = 3) -> str:
+        writers = dict(csv=self.to_csv, json=self.to_json,
+                       markdown=lambda: self.to_markdown(precision), latex=lambda: self.to_latex(precision))
+        if fmt not in writers:
+            raise ValueError(f"unknown format {fmt!r}: choose one of {sorted(writers)}")
+        return writers[fmt]()
+
+    def write(self, path: str | Path, precision: int = 3) -> Path:
+        """Write in the format named by the file's suffix (.csv .md .tex .json)."""
+        path = Path(path)
+        text = self.render(format_for_path(path), precision)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+
+# ---------------------------------------------------------------------- readers
+def _read_csv(text: str) -> ResultTable:
+    title, metadata, notes, body = "", {}, [], []
+    for line in text.splitlines():
+        if line.startswith("# title: "):
+            title = line[len("# title: "):]
+        elif line.startswith(f"# {_META_TAG}"):
+            metadata = json.loads(line[len(f"# {_META_TAG}"):])
+        elif line.startswith("# note: "):
+            notes.append(line[len("# note: "):])
+        else:
+            body.append(line)
+    return ResultTable(title, pd.read_csv(io.StringIO("\n".join(body))), metadata, notes)
+
+
+def _metadata_from_comment(text: str) -> dict[str, Any]:
+    for line in text.splitlines():
+        if _META_TAG in line:
+            payload = line.split(_META_TAG, 1)[1].strip()
+            return json.loads(payload.removesuffix("-->").strip())
+    return {}
+
+
+def _read_markdown(text: str) -> ResultTable:
+    lines = text.splitlines()
+    title = next((l.lstrip("#").strip() for l in lines if l.startswith("#")), "")
+    table_lines = [l for l in lines if l.startswith("|")]
+    split = lambda line: [c.strip().replace("\\|", "|") for c in line.strip().strip("|").split(" | ")]  # noqa: E731
+    header = split(table_lines[0])
+    rows = [split(line) for line in table_lines[2:]]
+    notes = [line[2:] for line in lines if line.startswith("> ")]
+    frame = _typed(pd.DataFrame(rows, columns=header))
+    metadata = _metadata_from_comment(text)
+    return ResultTable(title, frame, metadata, notes)
+
+
+def _read_latex(text: str) -> ResultTable:
+    lines = text.splitlines()
+    caption = next((l for l in lines if l.startswith("\\caption{")), "\\caption{}")
+    title = _latex_unescape(caption[len("\\caption{"):-1])
+    start = lines.index("\\toprule")
+    mid = lines.index("\\midrule")
+    end = lines.index("\\bottomrule")
+    split = lambda line: [_latex_unescape(c.strip()) for c in line.removesuffix("\\\\").strip().split(" & ")]  # noqa: E731
+    header = split(lines[start + 1])
+    rows = [split(line) for line in lines[mid + 1:end]]
+    notes = [l[len("% note: "):] for l in lines if l.startswith("% note: ")]
+    return ResultTable(title, _typed(pd.DataFrame(rows, columns=header)), _metadata_from_comment(text), notes)
+
+
+def _read_json(text: str) -> ResultTable:
+    data = json.loads(text)
+    frame = pd.DataFrame(data["rows"], columns=data["columns"])
+    return ResultTable(data.get("title", ""), frame, data.get("metadata", {}), data.get("notes", []))
+
+
+def read_table(path: str | Path) -> ResultTable:
+    """Parse a table written by ``ResultTable.write`` back (any of the four formats)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    readers = dict(csv=_read_csv, markdown=_read_markdown, latex=_read_latex, json=_read_json)
+    try:
+        return readers[format_for_path(path)](text)
+    except (ValueError, KeyError, IndexError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not a table written by MSCSA Lab: {error}") from None
