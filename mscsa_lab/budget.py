@@ -114,25 +114,39 @@ def fit_flops_budget(
     channels = features_model.channels
     limit = cap * backbone_flops
 
-    tried = []
+    tried: list[dict[str, Any]] = []
+
+    def added_flops(heads: int, key_dim: int, ratio: Fraction | None) -> tuple[int, MSCSAConfig] | None:
+        config = base.replace(num_heads=heads, key_dim=key_dim, squeeze_ratio=None if ratio is None else float(ratio))
+        if min(config.squeezed_channels(channels)) < 1:
+            return None
+        addon = _AddOn(channels, config, task, num_classes).eval()
+        with torch.no_grad():
+            added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
+        tried.append(dict(heads=heads, key_dim=key_dim, squeeze_ratio=_ratio_text(ratio), added_gflops=added / 1e9,
+                          share_pct=100 * added / backbone_flops, fits=added <= limit))
+        return added, config
+
+    # FLOPs grow with the squeeze ratio, the heads and the head dim, so: if the smallest setting of
+    # a (heads, d) pair does not fit, none of that pair does; going down the ratios, the first that
+    # fits is the closest to the cap. "none" (no squeeze conv) is tried on its own.
     chosen: tuple[int, MSCSAConfig] | None = None
-    for heads, key_dim in _head_dim_candidates(base.num_heads, base.key_dim):
-        best_here: tuple[int, MSCSAConfig] | None = None
-        for ratio in SQUEEZE_GRID:
-            config = base.replace(num_heads=heads, key_dim=key_dim,
-                                  squeeze_ratio=None if ratio is None else float(ratio))
-            if min(config.squeezed_channels(channels)) < 1:
+    pairs = _head_dim_candidates(base.num_heads, base.key_dim)
+    numeric_ratios = [r for r in SQUEEZE_GRID if r is not None]
+    smallest_overall = added_flops(*pairs[-1], numeric_ratios[-1])
+    if smallest_overall is not None and smallest_overall[0] <= limit:
+        for heads, key_dim in pairs:
+            smallest = added_flops(heads, key_dim, numeric_ratios[-1])
+            if smallest is None or smallest[0] > limit:
                 continue
-            addon = _AddOn(channels, config, task, num_classes).eval()
-            with torch.no_grad():
-                added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
-            fits = added <= limit
-            tried.append(dict(heads=heads, key_dim=key_dim, squeeze_ratio=_ratio_text(ratio),
-                              added_gflops=added / 1e9, share_pct=100 * added / backbone_flops, fits=fits))
-            if fits and (best_here is None or added > best_here[0]):
-                best_here = (added, config)
-        if best_here is not None:
-            chosen = best_here
+            fitting = [r for r in (added_flops(heads, key_dim, None),) if r is not None and r[0] <= limit]
+            for ratio in numeric_ratios[:-1]:
+                result = added_flops(heads, key_dim, ratio)
+                if result is not None and result[0] <= limit:
+                    fitting.append(result)
+                    break
+            fitting.append(smallest)
+            chosen = max(fitting, key=lambda item: item[0])
             break
 
     candidates = pd.DataFrame(tried)

@@ -42,6 +42,10 @@ def _cell(value: Any, precision: int) -> str:
     return str(value)
 
 
+def _is_numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
 def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
 
@@ -80,7 +84,7 @@ class ResultTable:
         columns = list(self.frame.columns)
         lines = [f"### {self.title}", ""]
         lines.append("| " + " | ".join(columns) + " |")
-        lines.append("|" + "|".join("---" if self.frame[c].dtype == object else "---:" for c in columns) + "|")
+        lines.append("|" + "|".join("---:" if _is_numeric(self.frame[c]) else "---" for c in columns) + "|")
         for record in self.frame.itertuples(index=False):
             lines.append("| " + " | ".join(_cell(v, precision).replace("|", "\\|") for v in record) + " |")
         lines.append("")
@@ -93,7 +97,7 @@ class ResultTable:
 
     def to_latex(self, precision: int = 3) -> str:
         columns = list(self.frame.columns)
-        align = "".join("l" if self.frame[c].dtype == object else "r" for c in columns)
+        align = "".join("r" if _is_numeric(self.frame[c]) else "l" for c in columns)
         lines = [
             f"% {_META_TAG} {json.dumps(self.metadata, default=str)}",
             "% needs \\usepackage{booktabs}",

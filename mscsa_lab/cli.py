@@ -1,0 +1,216 @@
+"""Command line: ``python -m mscsa_lab {profiles,profile,compare,budget,export} ...``.
+
+Tables print as Markdown on stdout; ``-o FILE`` (repeatable) writes CSV, Markdown, LaTeX or JSON
+by the file's suffix, ``--plot FILE`` writes PNG or SVG figures. Same functions as the app.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError
+
+__all__ = ["main", "build_parser"]
+
+EXAMPLES = """examples:
+  python -m mscsa_lab profiles
+  python -m mscsa_lab profile pvt_v2_b1 -o table1.csv -o table1.tex --plot table1.png
+  python -m mscsa_lab profile --backbone efficientnet_b0 --set squeeze_ratio=1/2 --set num_heads=4
+  python -m mscsa_lab compare resnet50 pvt_v2_b0 pvt_v2_b1 -o table6.md --plot table6.svg
+  python -m mscsa_lab compare --all --task dense --input 512x512 -o seg.csv
+  python -m mscsa_lab budget pvt_v2_b1 --cap 0.10
+  python -m mscsa_lab export table6.json -o table6.tex --plot table6.png
+"""
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size {text!r} must look like 224 or 800x1280") from None
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) != 2:
+        raise argparse.ArgumentTypeError(f"input size {text!r} must look like 224 or 800x1280")
+    return numbers[0], numbers[1]
+
+
+def _parse_setting(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set takes NAME=VALUE (e.g. depth=2), got {text!r}")
+    key, raw = text.split("=", 1)
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return key.strip(), lowered == "true"
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(raw)
+        except ValueError:
+            pass
+    return key.strip(), raw.strip()
+
+
+def _add_common(parser: argparse.ArgumentParser, outputs: bool = True) -> None:
+    parser.add_argument("--input", type=_parse_size, default=(224, 224), metavar="HxW",
+                        help="input size, e.g. 224 (square), 512x512 or 800x1280 (default: 224x224)")
+    parser.add_argument("--task", choices=["classification", "dense"], default="classification",
+                        help="classification: MSCSA head gives logits; dense: four fused maps (default: classification)")
+    parser.add_argument("--set", dest="settings", type=_parse_setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="change one MSCSA setting of the profile, e.g. --set depth=2 --set squeeze_ratio=1/2 "
+                             "--set use_pcp=false (repeatable)")
+    if outputs:
+        parser.add_argument("--convention", choices=["mac", "2x"], default="mac",
+                            help="mac: 1 multiply-add = 1 FLOP, as in the paper (default); 2x: FLOPs = 2 MACs")
+        parser.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                            help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
+        parser.add_argument("--plot", action="append", default=[], metavar="FILE",
+                            help="write the figure: .png or .svg (repeatable)")
+        parser.add_argument("--precision", type=int, default=3, help="decimals in Markdown/LaTeX (default: 3)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mscsa_lab",
+        description="Profile and compare backbones with Multi-Stage Cross-Scale Attention (MSCSA).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("profiles", help="list the Table 7 profiles and whether each can be built here")
+
+    profile = commands.add_parser("profile", help="per-component FLOPs and parameters of one model (Table 1)",
+                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile.add_argument("name", nargs="?", help="a profile name (see 'profiles'), e.g. pvt_v2_b1")
+    profile.add_argument("--backbone", help="any timm backbone with four stages, instead of a profile")
+    profile.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    profile.add_argument("--level", type=int, default=2, choices=[0, 1, 2],
+                         help="detail: 0 top-level parts, 1 with sub-parts, 2 with per-scale K/V (default: 2)")
+    _add_common(profile)
+
+    compare = commands.add_parser("compare", help="backbones with and without MSCSA (Table 6)",
+                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("names", nargs="*", help="profile or timm backbone names")
+    compare.add_argument("--all", action="store_true", help="every profile that can be built here")
+    _add_common(compare)
+
+    budget = commands.add_parser("budget", help="fit MSCSA under a FLOPs cap (the paper's ~10%% rule)")
+    budget.add_argument("name", help="a profile or timm backbone name")
+    budget.add_argument("--cap", type=float, default=0.10, help="added FLOPs as a fraction of the backbone's (default: 0.10)")
+    _add_common(budget, outputs=False)
+
+    export = commands.add_parser("export", help="convert a saved table (.json/.csv) to other formats and figures")
+    export.add_argument("table", help="a table written by 'profile' or 'compare' (-o FILE.json or .csv)")
+    export.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                        help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
+    export.add_argument("--plot", action="append", default=[], metavar="FILE", help="write the figure: .png or .svg")
+    export.add_argument("--precision", type=int, default=3, help="decimals in Markdown/LaTeX (default: 3)")
+    return parser
+
+
+def _write_outputs(table, outputs: Sequence[str], plots: Sequence[str], precision: int) -> list[Path]:
+    from .plots import plot_comparison, plot_component_breakdown, save_figure
+
+    written = [table.write(path, precision) for path in outputs]
+    for path in plots:
+        if "Component" in table.frame.columns:
+            figure = plot_component_breakdown(table.frame, table.title)
+        else:
+            figure = plot_comparison(table.frame, table.title)
+        written.append(save_figure(figure, path))
+    return written
+
+
+def _check_paths(outputs: Sequence[str], plots: Sequence[str]) -> None:
+    """Reject bad output names before minutes of work, not after."""
+    from .export import format_for_path
+    from .plots import FIGURE_FORMATS
+
+    for path in outputs:
+        format_for_path(path)
+    for path in plots:
+        if Path(path).suffix.lower() not in FIGURE_FORMATS:
+            raise ValueError(f"cannot write figure {path!r}: use a .png or .svg file name")
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = dict(args.settings) if hasattr(args, "settings") else {}
+    if args.command == "profiles":
+        from .profiles import list_profiles
+
+        for p in list_profiles():
+            state = "available" if p.available else f"not available: {p.unavailable_reason}"
+            c = p.config
+            print(f"{p.name:16s} {p.title:12s} pool 1/{c.pool_stride}, squeeze {c.squeeze_ratio or '-'}, depth {c.depth}, "
+                  f"heads {c.num_heads}, d {c.key_dim}, mlp {c.mlp_ratio}  [{state}]")
+        return 0
+
+    if args.command == "profile":
+        from .architecture import build_model
+        from .profiler import profile_model
+
+        if not args.name and not args.backbone:
+            raise ValueError("name a profile (e.g. pvt_v2_b1) or give --backbone NAME")
+        _check_paths(args.output, args.plot)
+        model = build_model(args.name, args.backbone, args.task, args.input, **settings)
+        report = profile_model(model, args.input, args.batch)
+        table = report.to_table(args.convention)
+        table.frame = table.frame[table.frame["Level"] <= args.level].reset_index(drop=True)
+        print(table.to_markdown(args.precision))
+        for path in _write_outputs(table, args.output, args.plot, args.precision):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
+
+    if args.command == "compare":
+        from .compare import compare_backbones
+        from .profiles import list_profiles
+
+        names = list(args.names) + ([p.name for p in list_profiles() if p.available] if args.all else [])
+        if not names:
+            raise ValueError("name at least one backbone or profile, or use --all")
+        _check_paths(args.output, args.plot)
+        table = compare_backbones(names, args.input, args.task, convention=args.convention, **settings)
+        print(table.to_markdown(args.precision))
+        for path in _write_outputs(table, args.output, args.plot, args.precision):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
+
+    if args.command == "budget":
+        from .budget import fit_flops_budget
+
+        result = fit_flops_budget(args.name, args.cap, args.input, args.task, **settings)
+        print(result.message)
+        if result.config is not None:
+            print(json.dumps(result.config.to_dict(), indent=2))
+        return 0 if result.config is not None else 1
+
+    if args.command == "export":
+        from .export import read_table
+
+        _check_paths(args.output, args.plot)
+        table = read_table(args.table)
+        if not args.output and not args.plot:
+            print(table.to_markdown(args.precision))
+        for path in _write_outputs(table, args.output, args.plot, args.precision):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # fvcore imports torch.jit.script, which newer torch flags as deprecated on every run.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, ValueError, RuntimeError, KeyError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2

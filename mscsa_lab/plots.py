@@ -1,0 +1,72 @@
+"""Figures for the profiler and the comparison tables (matplotlib, headless), as PNG or SVG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["plot_component_breakdown", "plot_comparison", "save_figure", "FIGURE_FORMATS"]
+
+FIGURE_FORMATS = (".png", ".svg")
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_FORMATS:
+        raise ValueError(f"figures are written as {' or '.join(FIGURE_FORMATS)}, not {path.suffix or 'no suffix'!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_component_breakdown(frame: pd.DataFrame, title: str = "", mscsa_only: bool = False) -> plt.Figure:
+    """Horizontal bars of each top-level component's share of FLOPs and of parameters.
+
+    ``frame`` is ``ProfileReport.to_frame()``; ``mscsa_only`` leaves the backbone out so the MSCSA
+    parts are readable next to each other.
+    """
+    rows = frame[(frame["Level"] == 0) & (frame["Group"] != "total")]
+    if mscsa_only:
+        rows = rows[rows["Group"] != "backbone"]
+    rows = rows.iloc[::-1]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(rows) + 1.5), sharey=True)
+    y = np.arange(len(rows))
+    for axis, column, colour in ((axes[0], "FLOPs share (%)", "#1f77b4"), (axes[1], "Params share (%)", "#ff7f0e")):
+        values = rows[column].to_numpy()
+        axis.barh(y, values, color=colour)
+        for yi, value in zip(y, values):
+            axis.text(value, yi, f" {value:.2f}", va="center", fontsize=7)
+        axis.set_xlabel(f"{column} of the whole model")
+        axis.margins(x=0.2)
+    axes[0].set_yticks(y, rows["Component"].tolist(), fontsize=8)
+    figure.suptitle(title or "Per-component cost")
+    figure.tight_layout()
+    return figure
+
+
+def plot_comparison(frame: pd.DataFrame, title: str = "") -> plt.Figure:
+    """FLOPs of each backbone alone and with MSCSA (bars), the paper's figures as markers."""
+    models = frame["Model"].tolist()
+    x = np.arange(len(models))
+    width = 0.38
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(models) + 2), 4))
+    axis.bar(x - width / 2, frame["FLOPs (G)"], width, label="backbone (measured)")
+    axis.bar(x + width / 2, frame["+MSCSA FLOPs (G)"], width, label="+MSCSA (measured)")
+    if "Paper FLOPs (G)" in frame:
+        axis.scatter(x - width / 2, frame["Paper FLOPs (G)"], marker="_", s=300, color="black", label="paper", zorder=3)
+        axis.scatter(x + width / 2, frame["Paper +MSCSA FLOPs (G)"], marker="_", s=300, color="black", zorder=3)
+    for xi, delta in zip(x, frame["dFLOPs (%)"]):
+        axis.text(xi + width / 2, frame["+MSCSA FLOPs (G)"].iloc[int(xi)], f"+{delta:.1f}%", ha="center",
+                  va="bottom", fontsize=8)
+    axis.set_xticks(x, models, rotation=20, ha="right")
+    axis.set_ylabel("GFLOPs (multiply-adds)")
+    axis.set_title(title or "Backbones with and without MSCSA")
+    axis.legend()
+    figure.tight_layout()
+    return figure
