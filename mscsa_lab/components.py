@@ -17,7 +17,7 @@ __all__ = ["Component", "model_components"]
 
 @dataclass(frozen=True)
 class Component:
-    """One row: ``modules`` are the module paths whose cost it sums; ``level`` 0 rows partition
+    """One row: ``modules`` are the (called) module paths whose cost it sums; ``level`` 0 rows partition
     the whole model, level 1 and 2 rows break their parent down. A row with ``residual_of`` is its
     parent's cost minus its parent's child modules (e.g. the attention matmuls, which are ops
     inside a CSA module rather than modules of their own)."""
@@ -87,9 +87,10 @@ def model_components(model: MSCSANet) -> list[Component]:
     aggregation = model.mscsa.aggregation
     rows.append(Component("aggregation", "aggregation", 0, ("mscsa.aggregation",)))
     if aggregation.squeeze is not None:
-        rows.append(Component("pooling", "aggregation", 1, residual_of="mscsa.aggregation",
-                              children=("mscsa.aggregation.squeeze",)))
-        rows.append(Component("squeeze convs", "aggregation", 1, ("mscsa.aggregation.squeeze",)))
+        # Name each conv: a ModuleList is never called itself, so hooks on it would see nothing.
+        squeeze = tuple(f"mscsa.aggregation.squeeze.{i}" for i in range(len(aggregation.squeeze)))
+        rows.append(Component("pooling", "aggregation", 1, residual_of="mscsa.aggregation", children=squeeze))
+        rows.append(Component("squeeze convs", "aggregation", 1, squeeze))
 
     for index, block in enumerate(model.mscsa.blocks):
         assert isinstance(block, MSCSABlock)

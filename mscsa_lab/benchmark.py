@@ -1,0 +1,288 @@
+"""Throughput (FPS) measured the way timm's benchmark measures it, and A/B comparisons.
+
+Method: eval mode under ``torch.inference_mode``; warm-up steps run first and are not timed; each
+repeat times ``steps`` forward passes as one block, synchronising the GPU (CUDA events) or reading
+``perf_counter`` on the CPU around it; FPS = batch x steps / elapsed. Several repeats give a median
+and a spread, never a single run. An out-of-memory error on the GPU halves the batch and says so.
+
+A/B runs interleave the models repeat by repeat (A B, B A, A B, ...), so drifts of a noisy machine
+(clock boost, other load) hit both, and the reported ratio is the median of per-round ratios.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .metadata import device_description
+
+__all__ = [
+    "BenchmarkSettings",
+    "FPSResult",
+    "ABResult",
+    "measure_fps",
+    "compare_fps",
+    "resolve_device",
+    "PRECISIONS",
+]
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" is the GPU when one is present, else the CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA GPU is available on this machine: benchmark on 'cpu' (or 'auto')")
+    return resolved
+
+
+@dataclass
+class BenchmarkSettings:
+    """How to measure. ``threads`` sets the CPU's torch thread count (None = leave as is)."""
+
+    device: str = "auto"
+    batch: int = 1
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    warmup: int = 5
+    steps: int = 10
+    repeats: int = 5
+    threads: int | None = None
+
+    def validate(self) -> "BenchmarkSettings":
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} is unknown: choose one of {list(PRECISIONS)}")
+        for name, low in (("batch", 1), ("warmup", 0), ("steps", 1), ("repeats", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
+        if self.batch > 4096:
+            problems.append(f"batch={self.batch} is too large: choose at most 4096")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            problems.append(f"threads must be a whole number >= 1, got {self.threads!r}")
+        if problems:
+            raise ValueError("invalid benchmark settings: " + "; ".join(problems))
+        return self
+
+
+@dataclass
+class FPSResult:
+    name: str
+    device: str
+    batch: int
+    fps: list[float]  # one per repeat
+    images_timed: int
+    settings: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fps_median(self) -> float:
+        return statistics.median(self.fps)
+
+    @property
+    def fps_spread(self) -> tuple[float, float]:
+        return min(self.fps), max(self.fps)
+
+    @property
+    def step_ms(self) -> float:
+        """Median time of one forward pass of the whole batch, in milliseconds."""
+        return 1000.0 * self.batch / self.fps_median
+
+    def summary(self) -> dict[str, Any]:
+        low, high = self.fps_spread
+        return dict(name=self.name, device=self.device, batch=self.batch, fps=self.fps_median, fps_min=low,
+                    fps_max=high, step_ms=self.step_ms, repeats=len(self.fps), images_timed=self.images_timed)
+
+
+@dataclass
+class ABResult:
+    """Interleaved measurements of several models; ``ratios[name]`` is that model's FPS divided
+    by the first model's, per round."""
+
+    results: dict[str, FPSResult]
+    ratios: dict[str, list[float]]
+    order: list[str]  # the order the timed blocks actually ran in
+
+    def ratio(self, name: str) -> float:
+        return statistics.median(self.ratios[name])
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+@contextlib.contextmanager
+def _precision_context(precision: str, device: torch.device) -> Iterator[list[str]]:
+    """Autocast / TF32 as asked; yields notes about what did not apply on this device."""
+    notes: list[str] = []
+    if precision == "tf32":
+        if device.type != "cuda":
+            notes.append("TF32 only changes CUDA matmuls: on the CPU this is plain fp32")
+            yield notes
+            return
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield notes
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        return
+    if precision in ("fp16", "bf16"):
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield notes
+        return
+    yield notes
+
+
+class _Timer:
+    """Times a block of steps: CUDA events on the GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.device = device
+        self.clock = clock
+
+    def time(self, run_steps: Callable[[], None]) -> float:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.device)
+            start.record()
+            run_steps()
+            end.record()
+            torch.cuda.synchronize(self.device)
+            return start.elapsed_time(end) / 1000.0
+        begin = self.clock()
+        run_steps()
+        return self.clock() - begin
+
+
+@dataclass
+class _Prepared:
+    name: str
+    forward: Callable[[], Any]
+    batch: int
+    notes: list[str]
+
+
+def _prepare(name: str, model: nn.Module, input_size: tuple[int, int], settings: BenchmarkSettings,
+             device: torch.device) -> _Prepared:
+    """Move to device/format, compile if asked, and find a batch that fits (halving on OOM)."""
+    model = model.eval().to(device)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    if settings.channels_last:
+        model = model.to(memory_format=memory_format)
+    runner: Callable = torch.compile(model) if settings.compile else model
+    notes: list[str] = []
+    batch = settings.batch
+    height, width = input_size
+    while True:
+        x = torch.randn(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
+        try:
+            with torch.inference_mode(), _precision_context(settings.precision, device) as precision_notes:
+                runner(x)  # one trial step: catches OOM (and compiles) before anything is timed
+            notes.extend(n for n in precision_notes if n not in notes)
+            break
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            if not _is_oom(error) or batch == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            notes.append(f"out of memory at batch {batch}: halved to {batch // 2}")
+            batch //= 2
+
+    def forward(x: torch.Tensor = x) -> Any:
+        return runner(x)
+
+    return _Prepared(name, forward, batch, notes)
+
+
+def _run_block(prepared: _Prepared, steps: int, settings: BenchmarkSettings, device: torch.device) -> None:
+    with torch.inference_mode(), _precision_context(settings.precision, device):
+        for _ in range(steps):
+            prepared.forward()
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------------------------------- API
+def compare_fps(
+    models: dict[str, nn.Module],
+    input_size: tuple[int, int] = (224, 224),
+    settings: BenchmarkSettings | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ABResult:
+    """Measure several models interleaved (the first is the reference for the ratios)."""
+    settings = (settings or BenchmarkSettings()).validate()
+    if not models:
+        raise ValueError("give at least one model to benchmark")
+    device = resolve_device(settings.device)
+    timer = _Timer(device, clock)
+    names = list(models)
+    with _threads(settings.threads):
+        prepared = {name: _prepare(name, models[name], input_size, settings, device) for name in names}
+        for item in prepared.values():  # warm-up, not timed
+            _run_block(item, settings.warmup, settings, device)
+        fps: dict[str, list[float]] = {name: [] for name in names}
+        order: list[str] = []
+        for round_index in range(settings.repeats):
+            sequence = names if round_index % 2 == 0 else names[::-1]
+            for name in sequence:
+                item = prepared[name]
+                elapsed = timer.time(lambda item=item: _run_block(item, settings.steps, settings, device))
+                fps[name].append(item.batch * settings.steps / max(elapsed, 1e-12))
+                order.append(name)
+            if progress is not None:
+                progress((round_index + 1) / settings.repeats, f"round {round_index + 1} of {settings.repeats}")
+        threads_used = torch.get_num_threads()
+    description = device_description(device)
+    if device.type == "cpu":
+        description = description.split(",")[0] + f", {threads_used} threads)"
+    results = {
+        name: FPSResult(
+            name=name,
+            device=description,
+            batch=prepared[name].batch,
+            fps=fps[name],
+            images_timed=prepared[name].batch * settings.steps * settings.repeats,
+            settings=asdict(settings),
+            notes=list(prepared[name].notes),
+        )
+        for name in names
+    }
+    reference = names[0]
+    ratios = {name: [b / a for a, b in zip(fps[reference], fps[name])] for name in names}
+    return ABResult(results, ratios, order)
+
+
+def measure_fps(
+    model: nn.Module,
+    input_size: tuple[int, int] = (224, 224),
+    settings: BenchmarkSettings | None = None,
+    name: str = "model",
+    clock: Callable[[], float] = time.perf_counter,
+) -> FPSResult:
+    """FPS of one model: median and spread over ``settings.repeats`` timed blocks."""
+    return compare_fps({name: model}, input_size, settings, clock=clock).results[name]
