@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   python -m mscsa_lab compare --all --task dense --input 512x512 -o seg.csv
   python -m mscsa_lab budget pvt_v2_b1 --cap 0.10
   python -m mscsa_lab export table6.json -o table6.tex --plot table6.png
+  python -m mscsa_lab benchmark pvt_v2_b0 resnet50 --batch 16 -o fps.csv
+  python -m mscsa_lab latency pvt_v2_b1 --batch 8 -o latency.md --plot latency.png
 """
 
 
@@ -103,6 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--cap", type=float, default=0.10, help="added FLOPs as a fraction of the backbone's (default: 0.10)")
     _add_common(budget, outputs=False)
 
+    for command, text in (("benchmark", "FPS of backbones alone and with MSCSA, measured interleaved"),
+                          ("latency", "per-component latency of one model beside its FLOPs shares")):
+        sub = commands.add_parser(command, help=text, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if command == "benchmark":
+            sub.add_argument("names", nargs="*", help="profile or timm backbone names")
+            sub.add_argument("--all", action="store_true", help="every profile that can be built here")
+            sub.add_argument("--no-fast", action="store_true", help="skip the fast inference path")
+        else:
+            sub.add_argument("name", help="a profile or timm backbone name")
+        sub.add_argument("--device", default="auto", help="auto (GPU if present, else CPU), cpu or cuda (default: auto)")
+        sub.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
+        sub.add_argument("--precision", choices=["fp32", "tf32", "fp16", "bf16"], default="fp32",
+                         help="fp32, tf32 (CUDA matmuls), or fp16/bf16 autocast (default: fp32)")
+        sub.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+        sub.add_argument("--compile", action="store_true", help="torch.compile the models first (benchmark only)")
+        sub.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default: 3)")
+        sub.add_argument("--steps", type=int, default=5, help="steps per timed block (default: 5)")
+        sub.add_argument("--repeats", type=int, default=5, help="timed blocks; the median is reported (default: 5)")
+        sub.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+        sub.add_argument("--input", type=_parse_size, default=(224, 224), metavar="HxW", help="input size (default: 224x224)")
+        sub.add_argument("--task", choices=["classification", "dense"], default="classification", help="model task")
+        sub.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                         help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
+        sub.add_argument("--plot", action="append", default=[], metavar="FILE", help="write the figure: .png or .svg")
+        sub.add_argument("--precision-digits", dest="precision_digits", type=int, default=2,
+                         help="decimals in Markdown/LaTeX (default: 2)")
+
     export = commands.add_parser("export", help="convert a saved table (.json/.csv) to other formats and figures")
     export.add_argument("table", help="a table written by 'profile' or 'compare' (-o FILE.json or .csv)")
     export.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
@@ -113,14 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_outputs(table, outputs: Sequence[str], plots: Sequence[str], precision: int) -> list[Path]:
-    from .plots import plot_comparison, plot_component_breakdown, save_figure
+    from .plots import plot_comparison, plot_component_breakdown, plot_latency, plot_throughput, save_figure
 
     written = [table.write(path, precision) for path in outputs]
     for path in plots:
-        if "Component" in table.frame.columns:
+        if "Time share (%)" in table.frame.columns:
+            figure = plot_latency(table.frame, table.title)
+        elif "Component" in table.frame.columns:
             figure = plot_component_breakdown(table.frame, table.title)
-        else:
+        elif "FLOPs (G)" in table.frame.columns:
             figure = plot_comparison(table.frame, table.title)
+        else:
+            figure = plot_throughput(table.frame, table.title)
         written.append(save_figure(figure, path))
     return written
 
@@ -187,6 +220,33 @@ def _run(args: argparse.Namespace) -> int:
         if result.config is not None:
             print(json.dumps(result.config.to_dict(), indent=2))
         return 0 if result.config is not None else 1
+
+    if args.command in ("benchmark", "latency"):
+        from .benchmark import BenchmarkSettings
+
+        _check_paths(args.output, args.plot)
+        settings = BenchmarkSettings(device=args.device, batch=args.batch, precision=args.precision,
+                                     channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
+                                     steps=args.steps, repeats=args.repeats, threads=args.threads).validate()
+        if args.command == "benchmark":
+            from .compare import throughput_comparison
+            from .profiles import list_profiles
+
+            names = list(args.names) + ([p.name for p in list_profiles() if p.available] if args.all else [])
+            if not names:
+                raise ValueError("name at least one backbone or profile, or use --all")
+            table = throughput_comparison(names, args.input, settings, args.task, fast=not args.no_fast,
+                                          progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr))
+        else:
+            from .architecture import build_model
+            from .latency import component_latency
+
+            model = build_model(args.name, None, args.task, args.input)
+            table = component_latency(model, args.input, settings).to_table()
+        print(table.to_markdown(args.precision_digits))
+        for path in _write_outputs(table, args.output, args.plot, args.precision_digits):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
 
     if args.command == "export":
         from .export import read_table

@@ -7,7 +7,7 @@ The paper's figures are placed beside ours where it reports them (224x224 classi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import timm
@@ -21,7 +21,7 @@ from .models.mscsa_net import create_mscsa_model
 from .profiler import CONVENTIONS, convention_factor
 from .profiles import Profile, ProfileError, load_profile
 
-__all__ = ["ModelPair", "measure_pair", "compare_backbones", "comparison_table"]
+__all__ = ["ModelPair", "build_pair", "measure_pair", "compare_backbones", "comparison_table", "throughput_comparison"]
 
 
 @dataclass
@@ -58,6 +58,28 @@ def _resolve(name: str | Profile) -> tuple[str, Profile | None]:
         raise
 
 
+def build_pair(
+    name: str | Profile,
+    input_size: tuple[int, int] = (224, 224),
+    task: str = "classification",
+    **settings: Any,
+) -> tuple[str, Profile | None, torch.nn.Module, torch.nn.Module]:
+    """(label, profile or None, backbone alone as timm builds it, backbone+MSCSA), both in eval mode."""
+    height, width = parse_input_size(*input_size)
+    label, profile = _resolve(name)
+    backbone_name = profile.backbone if profile else label
+    if profile is not None:
+        profile.require_available()
+    model = create_mscsa_model(profile, backbone=None if profile else backbone_name, task=task,
+                               img_size=(height, width), **settings)
+    base_kwargs: dict[str, Any] = {"features_only": True} if task == "dense" else {}
+    try:
+        base = timm.create_model(backbone_name, img_size=(height, width), **base_kwargs)
+    except TypeError:
+        base = timm.create_model(backbone_name, **base_kwargs)
+    return (profile.title if profile else label), profile, base.eval(), model.eval()
+
+
 def measure_pair(
     name: str | Profile,
     input_size: tuple[int, int] = (224, 224),
@@ -67,26 +89,16 @@ def measure_pair(
 ) -> ModelPair:
     """Build the backbone alone and with MSCSA and count both."""
     height, width = parse_input_size(*input_size)
-    label, profile = _resolve(name)
-    backbone_name = profile.backbone if profile else label
-    if profile is not None:
-        profile.require_available()
+    label, profile, base, model = build_pair(name, (height, width), task, **settings)
     x = torch.zeros(batch, 3, height, width)
-    model = create_mscsa_model(profile, backbone=None if profile else backbone_name, task=task,
-                               img_size=(height, width), **settings)
-    base_kwargs: dict[str, Any] = {"features_only": True} if task == "dense" else {}
-    try:
-        base = timm.create_model(backbone_name, img_size=(height, width), **base_kwargs)
-    except TypeError:
-        base = timm.create_model(backbone_name, **base_kwargs)
     flops, uncounted = _count(base, x)
     flops_mscsa, uncounted_mscsa = _count(model, x)
     for op, count in uncounted_mscsa.items():
         uncounted[op] = max(uncounted.get(op, 0), count)
     paper = profile.paper if (profile and task == "classification" and (height, width) == (224, 224)) else {}
     return ModelPair(
-        name=profile.title if profile else label,
-        backbone=backbone_name,
+        name=label,
+        backbone=model.backbone.name,
         flops=flops,
         flops_mscsa=flops_mscsa,
         params=sum(p.numel() for p in base.parameters()),
@@ -164,3 +176,72 @@ def compare_backbones(
     size = parse_input_size(*input_size)
     pairs = [measure_pair(name, size, task, batch, **settings) for name in names]
     return comparison_table(pairs, size, task, batch, convention)
+
+
+def throughput_comparison(
+    names: Iterable[str | Profile],
+    input_size: tuple[int, int] = (224, 224),
+    settings: "BenchmarkSettings | None" = None,
+    task: str = "classification",
+    fast: bool = True,
+    progress: Callable[[float, str], None] | None = None,
+) -> ResultTable:
+    """FPS of each backbone alone, with MSCSA (reference modules) and with MSCSA on the fast path,
+    measured interleaved in one run; beside them MSCSA's share of FLOPs and of runtime, and the
+    paper's FPS drop (A100) where it reports one."""
+    from .benchmark import BenchmarkSettings, compare_fps
+    from .models.fast import make_fast
+
+    settings = (settings or BenchmarkSettings()).validate()
+    size = parse_input_size(*input_size)
+    names = list(names)
+    rows, notes, device = [], [], ""
+    nan = float("nan")
+    for index, name in enumerate(names):
+        pair = measure_pair(name, size, task)
+        label, profile, base, model = build_pair(name, size, task)
+        models = {"backbone": base, "+MSCSA": model}
+        if fast:
+            models["+MSCSA fast"] = make_fast(model, channels_last=settings.channels_last)
+
+        def report(fraction: float, message: str, index: int = index, label: str = label) -> None:
+            if progress is not None:
+                progress((index + fraction) / len(names), f"{label}: {message}")
+
+        result = compare_fps(models, size, settings, progress=report)
+        device = result.results["backbone"].device
+        for key, fps_result in result.results.items():
+            notes += [f"{label} {key}: {note}" for note in fps_result.notes]
+        fps = {key: r.fps_median for key, r in result.results.items()}
+        step = {key: r.step_ms for key, r in result.results.items()}
+        best = "+MSCSA fast" if fast else "+MSCSA"
+        drop = 100.0 * (result.ratio(best) - 1.0)
+        paper_drop = _delta(pair.paper.get("fps_mscsa"), pair.paper.get("fps"))
+        rows.append({
+            "Model": label,
+            "Batch": result.results["backbone"].batch,
+            "FPS": fps["backbone"],
+            "+MSCSA FPS": fps["+MSCSA"],
+            "dFPS (%)": 100.0 * (result.ratio("+MSCSA") - 1.0),
+            "+MSCSA fast FPS": fps.get("+MSCSA fast", nan),
+            "dFPS fast (%)": 100.0 * (result.ratio("+MSCSA fast") - 1.0) if fast else nan,
+            "Step (ms)": step["backbone"],
+            "+MSCSA step (ms)": step["+MSCSA"],
+            "+MSCSA fast step (ms)": step.get("+MSCSA fast", nan),
+            "MSCSA share of FLOPs (%)": 100.0 * (pair.flops_mscsa - pair.flops) / pair.flops_mscsa,
+            "MSCSA share of runtime (%)": -drop,
+            "Paper dFPS (%)": paper_drop,
+            "Drop below paper": ("yes" if drop > paper_drop else "no") if paper_drop == paper_drop else "-",
+        })
+    height, width = size
+    notes = [
+        "FPS: median over repeats; models measured interleaved in one run; d = relative change vs the backbone "
+        "(median of per-round ratios).",
+        "MSCSA share of runtime = 1 - FPS(+MSCSA) / FPS(backbone), for the fast path when measured.",
+        "Paper dFPS: Table 6 of Shang et al. (2023), one NVIDIA A100.",
+    ] + notes
+    metadata = run_metadata(input_size=f"{height}x{width}", batch=settings.batch, task=task, precision=settings.precision,
+                            channels_last=settings.channels_last, compile=settings.compile, warmup=settings.warmup,
+                            steps=settings.steps, repeats=settings.repeats, device=device)
+    return ResultTable(f"Throughput with and without MSCSA ({task}, {height}x{width}, {device})",
+                       pd.DataFrame(rows), metadata, notes)

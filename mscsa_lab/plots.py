@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["plot_component_breakdown", "plot_comparison", "save_figure", "FIGURE_FORMATS"]
+__all__ = ["plot_component_breakdown", "plot_comparison", "plot_latency", "plot_throughput", "save_figure",
+           "FIGURE_FORMATS"]
 
 FIGURE_FORMATS = (".png", ".svg")
 
@@ -67,6 +68,44 @@ def plot_comparison(frame: pd.DataFrame, title: str = "") -> plt.Figure:
     axis.set_xticks(x, models, rotation=20, ha="right")
     axis.set_ylabel("GFLOPs (multiply-adds)")
     axis.set_title(title or "Backbones with and without MSCSA")
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_latency(frame: pd.DataFrame, title: str = "", mscsa_only: bool = True) -> plt.Figure:
+    """Each top-level component's share of time beside its share of FLOPs (``LatencyReport.frame``).
+    Bars of time well above FLOPs mark memory- or launch-bound parts."""
+    rows = frame[(frame["Level"] == 0)]
+    if mscsa_only:
+        rows = rows[~rows["Group"].isin(["backbone", "other"])]
+    rows = rows.iloc[::-1]
+    y = np.arange(len(rows))
+    height = 0.4
+    figure, axis = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    axis.barh(y + height / 2, rows["Time share (%)"], height, label="share of time", color="#d62728")
+    axis.barh(y - height / 2, rows["FLOPs share (%)"], height, label="share of FLOPs", color="#1f77b4")
+    axis.set_yticks(y, rows["Component"].tolist(), fontsize=8)
+    axis.set_xlabel("% of the whole model")
+    axis.set_title(title or "Per-component latency")
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_throughput(frame: pd.DataFrame, title: str = "") -> plt.Figure:
+    """FPS drop from adding MSCSA (reference and fast path) per backbone, the paper's beside."""
+    models = frame["Model"].tolist()
+    x = np.arange(len(models))
+    columns = [c for c in ("dFPS (%)", "dFPS fast (%)", "Paper dFPS (%)") if c in frame]
+    width = 0.8 / len(columns)
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(models) + 2), 4))
+    for index, column in enumerate(columns):
+        axis.bar(x + (index - (len(columns) - 1) / 2) * width, frame[column].fillna(0), width, label=column)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(x, models, rotation=20, ha="right")
+    axis.set_ylabel("FPS change from adding MSCSA (%)")
+    axis.set_title(title or "Throughput cost of MSCSA")
     axis.legend()
     figure.tight_layout()
     return figure

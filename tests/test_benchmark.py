@@ -131,3 +131,66 @@ def test_component_latency_covers_every_part():
     assert frame.loc["FFN (block 1)", "FLOPs share (%)"] > 0
     table = report.to_table()
     assert "time/FLOPs" in table.frame.columns and table.metadata["batch"] == 2
+
+
+# ------------------------------------------------------------------------------- fast path
+from conftest import randomize_batchnorm  # noqa: E402
+from mscsa_lab.config import MSCSAConfig  # noqa: E402
+from mscsa_lab.models.fast import FastCrossScaleAttention, FastIntraFFN, make_fast  # noqa: E402
+from mscsa_lab.models.mscsa import MSCSA  # noqa: E402
+
+FAST_VARIANTS = [
+    dict(),
+    dict(downsample="cascade"),
+    dict(downsample="avgpool"),
+    dict(downsample="single"),
+    dict(use_msp=False, use_pcp=False, use_intra_ffn=False),
+    dict(squeeze_ratio=None, depth=2, act_layer="gelu"),
+]
+
+
+@pytest.mark.parametrize("changes", FAST_VARIANTS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_fast_path_matches_reference_module(changes):
+    config = MSCSAConfig(**{**dict(squeeze_ratio=0.5, num_heads=3, key_dim=8), **changes})
+    module = MSCSA((16, 32, 48, 64), config).eval()
+    randomize_batchnorm(module)
+    features = [torch.randn(2, c, s, s + 3) for c, s in zip((16, 32, 48, 64), (40, 20, 10, 5))]
+    with torch.no_grad():
+        reference = module(features)
+        fast = make_fast(module)
+        out = fast(features)
+    assert all(isinstance(m, FastCrossScaleAttention) for m in (fast.blocks[0].attn1, fast.blocks[0].attn2))
+    assert isinstance(fast.blocks[0].intra_ffn, FastIntraFFN) == config.use_intra_ffn
+    assert torch.allclose(out, reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
+
+
+@pytest.mark.parametrize("task", ["classification", "dense"])
+def test_fast_path_matches_reference_model(task):
+    model = create_mscsa_model("pvt_v2_b0", task=task, num_classes=10).eval()
+    randomize_batchnorm(model)
+    x = torch.randn(2, 3, 128, 160)
+    with torch.no_grad():
+        reference = model(x)
+        fast = make_fast(model, channels_last=True)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+        again = model(x)
+    pairs = [(reference, out)] if task == "classification" else list(zip(reference, out))
+    for ref, got in pairs:
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    # The reference model is left as it was.
+    assert not getattr(model, "is_fused", False) and not hasattr(model, "is_fast")
+    assert torch.equal(again if task == "classification" else again[0], reference if task == "classification" else reference[0])
+
+
+def test_throughput_comparison_table():
+    from mscsa_lab.compare import throughput_comparison
+
+    settings = BenchmarkSettings(device="cpu", batch=2, warmup=1, steps=1, repeats=2)
+    table = throughput_comparison(["resnet18"], (64, 64), settings)
+    row = table.frame.iloc[0]
+    assert row["Model"] == "ResNet-18" and row["Batch"] == 2
+    assert row["FPS"] > 0 and row["+MSCSA FPS"] > 0 and row["+MSCSA fast FPS"] > 0
+    assert row["MSCSA share of runtime (%)"] == pytest.approx(-row["dFPS fast (%)"])
+    assert 0 < row["MSCSA share of FLOPs (%)"] < 100
+    assert row["Drop below paper"] == "-"  # ResNet-18 is not in the paper's Table 6
+    assert table.metadata["steps"] == 1 and "CPU" in table.metadata["device"]

@@ -1,0 +1,122 @@
+"""Saving and loading weights safely, and the bundled demo model.
+
+Files load only through safetensors or ``torch.load(weights_only=True)``: a checkpoint that holds
+anything but tensors and plain containers is refused, never executed. Mismatched checkpoints say
+which keys are missing, unexpected or of the wrong shape.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "save_checkpoint", "read_state_dict", "load_checkpoint", "DEMO_WEIGHTS",
+           "DEMO_METADATA", "load_demo_model", "demo_metadata"]
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_WEIGHTS = ASSETS / "demo_model.safetensors"
+DEMO_METADATA = ASSETS / "demo_model.json"
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model; the message says why."""
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None,
+                    half: bool = False) -> Path:
+    """Write the model's state dict as safetensors (optionally in fp16, to halve the file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[key] = tensor
+    safetensors.torch.save_file(state, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``weights_only`` ``.pth``/``.pt``/``.bin`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"checkpoint is {path.stat().st_size / 2**30:.1f} GB: the limit is 2 GB")
+    if path.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(str(path))
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"{path.name} is not a valid safetensors file: {error}") from None
+    if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
+        raise CheckpointError(f"{path.name}: checkpoints are .safetensors or .pth/.pt files")
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path.name} was refused: it holds Python objects other than tensors, and only weights are loaded "
+            f"(torch.load weights_only=True). Re-save it as a plain state_dict or as safetensors. ({error})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as error:
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {error}") from None
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path.name} does not hold a state_dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights into ``model`` (strict), converting dtypes; explain any mismatch."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        def sample(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({sample(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({sample(unexpected)})")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} of the wrong shape ({sample(wrong_shape)})")
+        raise CheckpointError(
+            f"{Path(path).name} does not fit this model: " + "; ".join(parts)
+            + ". Was it saved from the same backbone, profile and number of classes?"
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model
+
+
+def demo_metadata() -> dict[str, Any]:
+    if not DEMO_METADATA.is_file():
+        raise CheckpointError(
+            "the demo model is missing: run `python scripts/make_demo_model.py` to generate it (about 15 minutes on CPU)"
+        )
+    return json.loads(DEMO_METADATA.read_text())
+
+
+def load_demo_model() -> tuple[nn.Module, dict[str, Any]]:
+    """The bundled demo model (backbone+MSCSA trained on the synthetic shapes) and its metadata."""
+    from .models.mscsa_net import create_mscsa_model
+
+    meta = demo_metadata()
+    model = create_mscsa_model(backbone=meta["backbone"], config=meta["mscsa"], num_classes=len(meta["classes"]),
+                               img_size=tuple(meta["input_size"]), backbone_kwargs=meta.get("backbone_kwargs"))
+    load_checkpoint(model, DEMO_WEIGHTS)
+    return model.eval(), meta

@@ -1,0 +1,142 @@
+"""Pictures of saliency results: overlays, the per-scale grid, per-head views, attention mass.
+
+Colours use a perceptually uniform colormap (``inferno`` by default) and every panel of maps has a
+colorbar; each map is scaled to its own [min, max] for display (the raw values are in the ``.npz``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .plots import save_figure  # noqa: E402
+from .saliency import SaliencyResult  # noqa: E402
+
+__all__ = ["normalise", "overlay", "saliency_grid", "head_grid", "attention_mass_chart", "save_maps",
+           "PERCEPTUAL_CMAPS"]
+
+PERCEPTUAL_CMAPS = ("inferno", "viridis", "magma", "plasma", "cividis")
+
+
+def normalise(values: np.ndarray) -> np.ndarray:
+    low, high = float(np.min(values)), float(np.max(values))
+    if not np.isfinite(low) or not np.isfinite(high) or high <= low:
+        return np.zeros_like(values, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = "inferno", alpha: float = 0.55) -> np.ndarray:
+    """The image (H x W x 3 uint8) blended with a coloured map of the same size."""
+    colours = matplotlib.colormaps[cmap](normalise(saliency))[..., :3]
+    blended = (1 - alpha) * image.astype(np.float32) / 255.0 + alpha * colours
+    return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
+
+
+def _check_cmap(cmap: str) -> None:
+    if cmap not in matplotlib.colormaps:
+        raise ValueError(f"unknown colormap {cmap!r}; perceptual choices: {list(PERCEPTUAL_CMAPS)}")
+
+
+def _row_label(result: SaliencyResult, class_names: Sequence[str] | None) -> str:
+    text = {"key": "keys K", "value": "values V", "attention": "attention"}[result.kind]
+    label = f"{result.method} · {text}\nblock {result.block}, CSA {result.layer}"
+    if result.target is not None:
+        name = class_names[result.target] if class_names and result.target < len(class_names) else f"class {result.target}"
+        probability = result.probabilities[result.target] if result.probabilities is not None else None
+        label += f"\n{name}" + (f" ({probability:.0%})" if probability is not None else "")
+    return label
+
+
+def saliency_grid(image: np.ndarray, results: Sequence[SaliencyResult], cmap: str = "inferno",
+                  alpha: float = 0.55, class_names: Sequence[str] | None = None) -> plt.Figure:
+    """image | scale 0 | scale 1 | scale 2 — one row per result (e.g. K and V)."""
+    _check_cmap(cmap)
+    columns = 1 + max(len(r.maps) for r in results)
+    figure, axes = plt.subplots(len(results), columns, figsize=(3.0 * columns + 0.8, 3.1 * len(results)), squeeze=False)
+    for row, result in enumerate(results):
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_title(_row_label(result, class_names), fontsize=8)
+        for column in range(1, columns):
+            axis = axes[row, column]
+            axis.axis("off")
+            if column - 1 >= len(result.maps):
+                continue
+            axis.imshow(overlay(image, result.maps[column - 1], cmap, alpha))
+            names = result.scale_names or [f"X{i}" for i in range(len(result.maps))]
+            axis.set_title(f"scale {names[column - 1]}", fontsize=9)
+            if result.query is not None and column == 1:
+                height, width = image.shape[:2]
+                grid_h, grid_w = result.grid_maps[0].shape
+                axis.plot((result.query[1] + 0.5) * width / grid_w, (result.query[0] + 0.5) * height / grid_h,
+                          marker="x", color="cyan", markersize=10, mew=2)
+        axes[row, 0].axis("off")
+        mappable = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 1))
+        figure.colorbar(mappable, ax=list(axes[row, 1:]), fraction=0.02, pad=0.01, label="relative saliency")
+    return figure
+
+
+def head_grid(image: np.ndarray, result: SaliencyResult, cmap: str = "inferno", alpha: float = 0.55) -> plt.Figure:
+    """One row per head, one column per scale (methods with per-head maps: norm, attention, query)."""
+    _check_cmap(cmap)
+    if result.head_maps is None:
+        raise ValueError(f"{result.method} has no per-head maps: use norm, attention or query")
+    heads = result.head_maps[0].shape[0]
+    scales = len(result.head_maps)
+    figure, axes = plt.subplots(heads, scales, figsize=(2.2 * scales + 0.6, 2.0 * heads), squeeze=False)
+    for head in range(heads):
+        for scale in range(scales):
+            axis = axes[head, scale]
+            axis.imshow(overlay(image, result.head_maps[scale][head], cmap, alpha))
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if head == 0:
+                axis.set_title(result.scale_names[scale] if result.scale_names else f"X{scale}", fontsize=9)
+            if scale == 0:
+                axis.set_ylabel(f"head {head}", fontsize=9)
+    mappable = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 1))
+    figure.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="relative saliency")
+    return figure
+
+
+def attention_mass_chart(result: SaliencyResult) -> plt.Figure:
+    """Stacked bars: for each head (and the mean), the share of attention mass each scale receives."""
+    if result.mass_shares is None:
+        raise ValueError("attention mass shares come with the attention and query methods")
+    shares = np.vstack([result.mass_shares, result.mass_shares.mean(0, keepdims=True)])
+    labels = [f"head {i}" for i in range(result.mass_shares.shape[0])] + ["mean"]
+    figure, axis = plt.subplots(figsize=(max(5, 0.6 * len(labels) + 2), 3.5))
+    bottom = np.zeros(len(labels))
+    colours = matplotlib.colormaps["viridis"](np.linspace(0.15, 0.85, shares.shape[1]))
+    for scale in range(shares.shape[1]):
+        name = result.scale_names[scale] if result.scale_names else f"X{scale}"
+        axis.bar(labels, shares[:, scale], bottom=bottom, color=colours[scale], label=name)
+        bottom += shares[:, scale]
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("share of attention mass")
+    axis.set_title(f"Attention received per scale (block {result.block}, CSA {result.layer})")
+    axis.legend(fontsize=8, loc="upper right")
+    plt.setp(axis.get_xticklabels(), rotation=30, ha="right")
+    figure.tight_layout()
+    return figure
+
+
+def save_maps(result: SaliencyResult, path: str | Path) -> Path:
+    """Raw maps as ``.npz`` (all arrays) or ``.npy`` (the full-size maps stacked: scales x H x W)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npz":
+        np.savez_compressed(path, **result.as_arrays())
+    elif path.suffix == ".npy":
+        np.save(path, np.stack(result.maps))
+    else:
+        raise ValueError(f"raw maps are saved as .npz or .npy, not {path.suffix or 'no suffix'!r}")
+    return path
+
+
+def save_grid(figure: plt.Figure, path: str | Path) -> Path:
+    return save_figure(figure, path)

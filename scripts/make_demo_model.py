@@ -1,0 +1,149 @@
+"""Train the demo model: a small backbone + MSCSA on the synthetic multi-scale shapes, on the CPU.
+
+    python scripts/make_demo_model.py                 # about 12 minutes on 2 cores
+    python scripts/make_demo_model.py --minutes 3 --out /tmp/demo   # a quicker, weaker model
+
+Writes DIR/demo_model.safetensors (fp16 weights) and DIR/demo_model.json (classes, input size,
+backbone, MSCSA settings, held-out accuracy, the command that made it). The app and the saliency
+tools load it by default, so the maps mean something without any download.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mscsa_lab.checkpoints import save_checkpoint  # noqa: E402
+from mscsa_lab.models.mscsa_net import create_mscsa_model  # noqa: E402
+from mscsa_lab.synthetic import CLASSES, make_sample  # noqa: E402
+
+BACKBONE = "resnet10t"
+BACKBONE_KWARGS = {"channels": [32, 64, 128, 256]}
+MSCSA = dict(pool_stride=8, squeeze_ratio=0.5, depth=1, num_heads=4, key_dim=16, mlp_ratio=2.0)
+HELD_OUT_OFFSET = 1_000_000
+MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def generate(count: int, offset: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    labels = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        sample = make_sample(offset + i, seed, size)
+        images[i], labels[i] = sample.image, sample.label
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    return (batch.float() / 255.0 - MEAN) / STD
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 200) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch):
+        logits = model(normalise(images[start:start + batch]))
+        correct += int((logits.argmax(-1) == labels[start:start + batch]).sum())
+    return correct / len(images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets"))
+    parser.add_argument("--minutes", type=float, default=12.0, help="training time budget (default: 12)")
+    parser.add_argument("--train", type=int, default=12000, help="training images (default: 12000)")
+    parser.add_argument("--held-out", type=int, default=1000, help="held-out images (default: 1000)")
+    parser.add_argument("--size", type=int, default=128, help="image size (default: 128)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.time()
+
+    train_x, train_y = generate(args.train, 0, args.seed, args.size)
+    test_x, test_y = generate(args.held_out, HELD_OUT_OFFSET, args.seed, args.size)
+    print(f"generated {args.train} + {args.held_out} images in {time.time() - started:.0f} s", flush=True)
+
+    model = create_mscsa_model(backbone=BACKBONE, config=MSCSA, num_classes=len(CLASSES),
+                               backbone_kwargs=BACKBONE_KWARGS)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    budget = args.minutes * 60
+    train_start = time.time()
+    steps_per_epoch = math.ceil(args.train / args.batch)
+    step = 0
+    epoch = 0
+    # Cosine schedule over the time budget rather than a fixed number of epochs.
+    while time.time() - train_start < budget:
+        model.train()
+        order = torch.randperm(args.train)
+        for start in range(0, args.train, args.batch):
+            elapsed = time.time() - train_start
+            if elapsed >= budget:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
+            index = order[start:start + args.batch]
+            if len(index) < 2:
+                continue
+            images = normalise(train_x[index])
+            flip = torch.rand(len(index)) < 0.5
+            images[flip] = images[flip].flip(-1)
+            loss = F.cross_entropy(model(images), train_y[index], label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % 50 == 0:
+                print(f"epoch {epoch} step {step} ({step / steps_per_epoch:.1f} epochs) loss {loss.item():.3f} "
+                      f"lr {optimizer.param_groups[0]['lr']:.2e} {elapsed / 60:.1f} min", flush=True)
+        epoch += 1
+    train_minutes = (time.time() - train_start) / 60
+    held_out = accuracy(model, test_x, test_y)
+    print(f"held-out accuracy {held_out:.3f} after {step} steps ({step / steps_per_epoch:.1f} epochs, "
+          f"{train_minutes:.1f} min); {params / 1e6:.2f} M parameters", flush=True)
+
+    out = Path(args.out)
+    command = "python scripts/make_demo_model.py " + " ".join(sys.argv[1:])
+    weights = save_checkpoint(model, out / "demo_model.safetensors", half=True,
+                              metadata={"backbone": BACKBONE, "held_out_accuracy": f"{held_out:.4f}"})
+    metadata = {
+        "classes": list(CLASSES),
+        "input_size": [args.size, args.size],
+        "backbone": BACKBONE,
+        "backbone_kwargs": BACKBONE_KWARGS,
+        "mscsa": MSCSA,
+        "held_out_accuracy": round(held_out, 4),
+        "held_out_images": args.held_out,
+        "train_images": args.train,
+        "train_steps": step,
+        "train_minutes": round(train_minutes, 1),
+        "parameters": params,
+        "seed": args.seed,
+        "held_out_offset": HELD_OUT_OFFSET,
+        "preprocessing": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist(), "fit": "pad"},
+        "command": command.strip(),
+        "torch": torch.__version__,
+    }
+    (out / "demo_model.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MB) and {out / 'demo_model.json'}")
+
+
+if __name__ == "__main__":
+    main()
