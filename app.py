@@ -1,53 +1,97 @@
-"""MSCSA Lab web app. Only wiring lives here: every computation is a ``mscsa_lab`` function.
+"""MSCSA Lab web app. Only wiring lives here: every action is a ``mscsa_lab.workflows`` function.
 
-    python app.py                 # http://127.0.0.1:7860
+    python app.py                 # http://127.0.0.1:7860, this machine only
     python app.py --host 0.0.0.0  # reachable from other machines (prints a warning)
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import warnings
 
 import gradio as gr
 
-from mscsa_lab.architecture import architecture_tables, build_model
+from mscsa_lab import workflows
 from mscsa_lab.config import DOWNSAMPLE_STRATEGIES
 from mscsa_lab.profiles import list_profiles
+from mscsa_lab.saliency import METHODS
 
-USER_ERRORS = (ValueError, RuntimeError, KeyError, TypeError)
-
-
-def _profile_choices() -> list[tuple[str, str]]:
-    return [(p.title + ("" if p.available else " (not available yet)"), p.name) for p in list_profiles()]
+MAX_UPLOAD = "20mb"
 
 
-def build_tab_action(profile, backbone, task, height, width, depth, num_heads, key_dim, mlp_ratio, squeeze,
-                     use_pcp, use_intra_ffn, use_msp, downsample):
-    settings = dict(use_pcp=use_pcp, use_intra_ffn=use_intra_ffn, use_msp=use_msp, downsample=downsample)
-    for name, value in (("depth", depth), ("num_heads", num_heads), ("key_dim", key_dim)):
-        if value not in (None, 0, ""):
-            settings[name] = int(value)
-    if mlp_ratio not in (None, 0, ""):
-        settings["mlp_ratio"] = float(mlp_ratio)
-    if squeeze and squeeze.strip():
-        settings["squeeze_ratio"] = squeeze.strip()
-    try:
-        model = build_model(None if backbone.strip() else profile, backbone, task, (height, width), **settings)
-        tables = architecture_tables(model, (height, width))
-    except USER_ERRORS as error:
-        raise gr.Error(str(error)) from None
-    summary = tables["summary"]
-    text = (
-        f"**{summary['backbone']} + MSCSA** ({summary['task']}), input {height}x{width}: "
-        f"multi-stage map {summary['mscsa_dim']} channels on a "
-        f"{'x'.join(map(str, summary['mscsa_grid']))} grid, {sum(summary['tokens_per_scale'])} key/value tokens."
-    )
-    return text, tables["stages"], tables["scales"], tables["params"]
+def _user_errors(action):
+    """Show library errors as a readable message in the page; the app keeps running."""
+
+    @functools.wraps(action)
+    def wrapper(*args, **kwargs):
+        try:
+            return action(*args, **kwargs)
+        except gr.Error:
+            raise
+        except workflows.USER_ERRORS as error:
+            raise gr.Error(str(error)) from None
+
+    return wrapper
+
+
+def _profile_choices(available_only: bool = False) -> list[tuple[str, str]]:
+    return [(p.title + ("" if p.available else " (not available yet)"), p.name)
+            for p in list_profiles() if p.available or not available_only]
+
+
+def _form(*values) -> workflows.ModelForm:
+    return workflows.ModelForm(*values)
+
+
+@_user_errors
+def on_build(*values):
+    form = _form(*values)
+    return (*workflows.build_action(form), form)
+
+
+@_user_errors
+def on_profile(form, convention, level):
+    return workflows.profile_action(form or workflows.ModelForm(), convention, level)
+
+
+@_user_errors
+def on_budget(name, cap, height, width, task):
+    return workflows.budget_action(name, cap, height, width, task)
+
+
+@_user_errors
+def on_benchmark(names, device, precision, batch, channels_last, steps, repeats, size, latency_model,
+                 progress=gr.Progress()):
+    report = lambda fraction, message: progress(fraction, desc=message)  # noqa: E731
+    return workflows.benchmark_action(names, device, precision, batch, channels_last, steps, repeats, size,
+                                      latency_model or None, progress=report)
+
+
+@_user_errors
+def on_saliency(image, method, kinds, block, layer, target, fit, source, checkpoint, form):
+    grid, prediction, mass, heads, npz, seconds = workflows.saliency_action(
+        image, method, kinds, block, layer, target, None, fit, source, form, checkpoint)
+    return grid, f"{prediction} ({seconds:.1f} s)", mass, heads, npz
+
+
+@_user_errors
+def on_click(image, block, layer, fit, source, checkpoint, form, event: gr.SelectData):
+    grid, prediction, mass, heads, npz, seconds = workflows.saliency_action(
+        image, "query", ["attention"], block, layer, None, tuple(event.index), fit, source, form, checkpoint)
+    return grid, f"{prediction}; attention of the clicked point ({seconds:.1f} s)", mass, heads, npz
+
+
+@_user_errors
+def on_compare(names, height, width, task, convention):
+    return workflows.compare_action(names, height, width, task, convention)
 
 
 def make_app() -> gr.Blocks:
     with gr.Blocks(title="MSCSA Lab") as demo:
-        gr.Markdown("# MSCSA Lab\nMulti-Stage Cross-Scale Attention on any backbone: build, profile, inspect.")
+        gr.Markdown("# MSCSA Lab\nMulti-Stage Cross-Scale Attention on any backbone: build it, count its FLOPs, "
+                    "time it, and see what each scale of its keys and values looks at.")
+        model_state = gr.State(None)
+
         with gr.Tab("Build"):
             with gr.Row():
                 profile = gr.Dropdown(_profile_choices(), value="pvt_v2_b1", label="Table 7 profile")
@@ -60,25 +104,121 @@ def make_app() -> gr.Blocks:
                 num_heads = gr.Number(None, label="Heads (blank = profile)", precision=0)
                 key_dim = gr.Number(None, label="Head dim d (blank = profile)", precision=0)
                 mlp_ratio = gr.Number(None, label="MLP ratio (blank = profile)")
-                squeeze = gr.Textbox(label="Squeeze ratio (e.g. 5/8, none; blank = profile)")
+                squeeze = gr.Textbox(label="Squeeze ratio (5/8, none; blank = profile)")
             with gr.Row():
                 use_pcp = gr.Checkbox(True, label="Parallel convolution path")
                 use_intra_ffn = gr.Checkbox(True, label="Intra-FFN")
                 use_msp = gr.Checkbox(True, label="Multi-scale K/V (MSP)")
                 downsample = gr.Dropdown(list(DOWNSAMPLE_STRATEGIES), value="dwconv", label="MSP down-sampling")
-            build = gr.Button("Build", variant="primary")
-            status = gr.Markdown()
+            build = gr.Button("Build", variant="primary", elem_id="build-button")
+            build_status = gr.Markdown(elem_id="build-status")
             with gr.Row():
                 stages = gr.Dataframe(label="Stages")
                 scales = gr.Dataframe(label="Key/value scales")
                 params = gr.Dataframe(label="Parameters")
-            build.click(
-                build_tab_action,
-                [profile, backbone, task, height, width, depth, num_heads, key_dim, mlp_ratio, squeeze,
-                 use_pcp, use_intra_ffn, use_msp, downsample],
-                [status, stages, scales, params],
-                api_name="build",
-            )
+            form_inputs = [profile, backbone, task, height, width, depth, num_heads, key_dim, mlp_ratio, squeeze,
+                           use_pcp, use_intra_ffn, use_msp, downsample]
+            build.click(on_build, form_inputs, [build_status, stages, scales, params, model_state], api_name="build")
+
+        with gr.Tab("Profile"):
+            gr.Markdown("FLOPs and parameters of the model built in the Build tab, per component "
+                        "(1 multiply-add = 1 FLOP, as in the paper; attention matmuls included).")
+            with gr.Row():
+                convention = gr.Radio(["mac", "2x"], value="mac", label="FLOPs convention")
+                level = gr.Radio([0, 1, 2], value=1, label="Detail level")
+                run_profile = gr.Button("Profile", variant="primary", elem_id="profile-button")
+            profile_table = gr.Dataframe(label="Per-component cost", elem_id="profile-table")
+            profile_plot = gr.Plot(label="Shares of the MSCSA parts")
+            profile_files = gr.File(label="Downloads", file_count="multiple")
+            profile_notes = gr.Markdown()
+            run_profile.click(on_profile, [model_state, convention, level],
+                              [profile_table, profile_plot, profile_files, profile_notes], api_name="profile")
+            gr.Markdown("### FLOPs budget\nThe configuration whose added FLOPs come closest to the cap.")
+            with gr.Row():
+                budget_name = gr.Dropdown(_profile_choices(True), value="pvt_v2_b1", label="Backbone", allow_custom_value=True)
+                budget_cap = gr.Number(10, label="Cap (% of the backbone's FLOPs)")
+                budget_button = gr.Button("Fit")
+            budget_message = gr.Markdown()
+            budget_config = gr.Code(language="json", label="Chosen settings")
+            budget_table = gr.Dataframe(label="Candidates tried")
+            budget_button.click(on_budget, [budget_name, budget_cap, height, width, task],
+                                [budget_message, budget_config, budget_table], api_name="budget")
+
+        with gr.Tab("Benchmark"):
+            gr.Markdown(workflows.device_note(), elem_id="device-note")
+            with gr.Row():
+                bench_names = gr.Dropdown(_profile_choices(True), value=["pvt_v2_b0"], multiselect=True, label="Backbones")
+                bench_device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="Device")
+                bench_precision = gr.Radio(["fp32", "tf32", "fp16", "bf16"], value="fp32", label="Precision")
+            with gr.Row():
+                bench_batch = gr.Number(8, label="Batch", precision=0)
+                bench_channels_last = gr.Checkbox(False, label="channels_last")
+                bench_steps = gr.Number(3, label="Steps per timed block", precision=0)
+                bench_repeats = gr.Number(3, label="Repeats", precision=0)
+                bench_size = gr.Number(224, label="Input size", precision=0)
+                bench_latency = gr.Dropdown([("none", "")] + _profile_choices(True), value="", label="Per-component latency of")
+            bench_button = gr.Button("Run benchmark", variant="primary")
+            bench_note = gr.Markdown()
+            bench_table = gr.Dataframe(label="FPS with and without MSCSA (measured interleaved)")
+            bench_plot = gr.Plot(label="FPS change")
+            latency_table = gr.Dataframe(label="Per-component latency")
+            latency_plot = gr.Plot(label="Share of time vs share of FLOPs")
+            bench_files = gr.File(label="Downloads", file_count="multiple")
+            bench_button.click(on_benchmark, [bench_names, bench_device, bench_precision, bench_batch, bench_channels_last,
+                                              bench_steps, bench_repeats, bench_size, bench_latency],
+                               [bench_note, bench_table, bench_plot, latency_table, latency_plot, bench_files],
+                               api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
+
+        with gr.Tab("Saliency"):
+            gr.Markdown("One map per scale (X0 full, X1 2x down, X2 3x down) of a CSA layer's keys or values. "
+                        "Click a point on the input to see its attention over each scale.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = gr.Image(type="filepath", label="Image (upload, or pick a sample below)", elem_id="saliency-image",
+                                     sources=["upload", "clipboard"])
+                    samples = workflows.sample_images()
+                    if samples:
+                        gr.Examples(samples, inputs=[image], label="Samples")
+                with gr.Column(scale=1):
+                    source = gr.Radio([("demo model (synthetic shapes)", "demo"), ("the Build tab's model", "build")],
+                                      value="demo", label="Model")
+                    checkpoint = gr.File(label="Checkpoint for the Build tab's model (.safetensors / .pth)",
+                                         file_types=[".safetensors", ".pth", ".pt"], type="filepath")
+                    method = gr.Dropdown(list(METHODS), value="gradcam", label="Method")
+                    kinds = gr.CheckboxGroup(["key", "value"], value=["key", "value"], label="Keys / values")
+                    with gr.Row():
+                        block = gr.Number(0, label="Block", precision=0)
+                        layer = gr.Radio([1, 2], value=1, label="CSA layer")
+                    target = gr.Textbox("top-1", label="Target class (name or index; top-1 = predicted)")
+                    fit = gr.Radio(["pad", "crop"], value="pad", label="Resize: keep aspect (pad) or center-crop")
+                    run_saliency = gr.Button("Render maps", variant="primary", elem_id="saliency-button")
+            prediction = gr.Markdown(elem_id="saliency-prediction")
+            grid = gr.Image(label="Per-scale maps", elem_id="saliency-grid", interactive=False)
+            with gr.Row():
+                mass = gr.Plot(label="Attention mass per scale and head")
+                heads = gr.Image(label="Per-head maps", interactive=False)
+            maps_file = gr.File(label="Raw maps (.npz)")
+            saliency_inputs = [image, method, kinds, block, layer, target, fit, source, checkpoint, model_state]
+            run_saliency.click(on_saliency, saliency_inputs, [grid, prediction, mass, heads, maps_file], api_name="saliency")
+            image.select(on_click, [image, block, layer, fit, source, checkpoint, model_state],
+                         [grid, prediction, mass, heads, maps_file])
+
+        with gr.Tab("Compare"):
+            with gr.Row():
+                compare_names = gr.Dropdown(_profile_choices(True), value=["pvt_v2_b0", "pvt_v2_b1"], multiselect=True,
+                                            label="Backbones", allow_custom_value=True)
+                compare_height = gr.Number(224, label="Input height", precision=0)
+                compare_width = gr.Number(224, label="Input width", precision=0)
+                compare_task = gr.Radio(["classification", "dense"], value="classification", label="Task")
+                compare_convention = gr.Radio(["mac", "2x"], value="mac", label="FLOPs convention")
+            compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+            compare_table = gr.Dataframe(label="With and without MSCSA (paper's figures beside)", elem_id="compare-table")
+            compare_plot = gr.Plot(label="FLOPs")
+            compare_files = gr.File(label="Downloads: CSV, Markdown, LaTeX, JSON, PNG, SVG", file_count="multiple",
+                                    elem_id="compare-files")
+            compare_notes = gr.Markdown()
+            compare_button.click(on_compare, [compare_names, compare_height, compare_width, compare_task, compare_convention],
+                                 [compare_table, compare_plot, compare_files, compare_notes], api_name="compare")
     return demo
 
 
@@ -94,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
             "it can run models on this computer.",
             stacklevel=1,
         )
-    make_app().queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size="20mb"
+    make_app().queue(default_concurrency_limit=2).launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD
     )
 
 

@@ -63,7 +63,7 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, cou
             draw.line([(x0, y0), (x0 + length * math.cos(angle), y0 + length * math.sin(angle))], fill=colour,
                       width=int(rng.integers(1, 3)))
         elif kind == 1:
-            r = rng.uniform(1, size * 0.015)
+            r = rng.uniform(1, max(1.5, size * 0.015))
             draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=colour)
         else:
             r = rng.uniform(size * 0.03, size * 0.12)

@@ -1,10 +1,15 @@
-"""The app, driven through gradio_client against a launched server (no browser here)."""
+"""Each tab's functions through gradio_client against the launched app."""
 import socket
+from pathlib import Path
 
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 
 import app as mscsa_app
+from mscsa_lab import workflows
+from mscsa_lab.export import read_table
+
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
 
 
 def free_port() -> int:
@@ -34,21 +39,94 @@ def call_build(client, **changes):
 
 
 def test_build_tab_shows_architecture(client):
-    text, stages, scales, params = call_build(client)
+    text, stages, scales, params = call_build(client)[:4]
     assert "pvt_v2_b1 + MSCSA" in text and "640 channels" in text and "74 key/value tokens" in text
     assert [row[3] for row in stages["data"]] == [40, 80, 200, 320]
     assert [row[2] for row in scales["data"]] == [49, 16, 9]
 
 
 def test_build_tab_custom_backbone_and_bad_input(client):
-    text, stages, _, _ = call_build(client, backbone="resnet18", squeeze="1/2", height=197, width=263)
+    text, stages = call_build(client, backbone="resnet18", squeeze="1/2", height=197, width=263)[:2]
     assert "resnet18 + MSCSA" in text and [row[3] for row in stages["data"]] == [32, 64, 128, 256]
     with pytest.raises(Exception, match="depth=99 is out of range"):
         call_build(client, depth=99)
     with pytest.raises(Exception, match="unknown timm backbone 'not_a_net'"):
         call_build(client, backbone="not_a_net")
-    # The app is still alive after the errors.
-    assert "pvt_v2_b1" in call_build(client)[0]
+    with pytest.raises(Exception, match="input height=5"):
+        call_build(client, height=5)
+    assert "pvt_v2_b1" in call_build(client)[0]  # the app is still alive
+
+
+def test_profile_tab_uses_the_built_model_and_offers_every_format(client):
+    call_build(client, profile="pvt_v2_b0")
+    table, plot, files, notes = client.predict("mac", 1, api_name="/profile")
+    components = [row[0] for row in table["data"]]
+    assert "CSA 1 (block 1)" in components and "attention matmuls" in components
+    assert sorted(Path(f).suffix for f in files) == [".csv", ".json", ".md", ".png", ".svg", ".tex"]
+    csv = next(f for f in files if f.endswith(".csv"))
+    assert read_table(csv).metadata["model"] == "pvt_v2_b0 + MSCSA"
+    assert "Operators fvcore does not count" in notes
+
+
+def test_budget_helper(client):
+    message, settings, candidates = client.predict("pvt_v2_b0", 10, 224, 224, "classification", api_name="/budget")
+    assert "chose squeeze ratio" in message and '"squeeze_ratio"' in settings
+    with pytest.raises(Exception, match="give the cap as a percentage"):
+        client.predict("pvt_v2_b0", 0, 224, 224, "classification", api_name="/budget")
+
+
+def test_benchmark_tab_on_the_cpu(client):
+    note, table, plot, latency, latency_plot, files = client.predict(
+        ["resnet18"], "cpu", "fp32", 1, False, 1, 2, 64, "resnet18", api_name="/benchmark")
+    assert "No GPU on this machine" in note or "GPU available" in note
+    row = dict(zip(table["headers"], table["data"][0]))
+    assert row["Model"] == "ResNet-18" and row["FPS"] > 0 and row["+MSCSA fast FPS"] > 0
+    assert "squeeze convs" in [r[0] for r in latency["data"]]
+    assert {Path(f).name for f in files} >= {"fps.csv", "latency.csv", "fps.png"}
+    with pytest.raises(Exception, match="pick at least one backbone"):
+        client.predict([], "cpu", "fp32", 1, False, 1, 1, 64, "", api_name="/benchmark")
+
+
+def test_saliency_tab_with_the_demo_model(client):
+    grid, prediction, mass, heads, maps = client.predict(
+        handle_file(str(SAMPLE)), "gradcam", ["key", "value"], 0, 1, "top-1", "pad", "demo", None, api_name="/saliency")
+    assert Path(grid).stat().st_size > 10_000 and "Prediction: star" in prediction
+    assert Path(maps).suffix == ".npz"
+    grid, prediction, mass, heads, maps = client.predict(
+        handle_file(str(SAMPLE)), "attention", ["key"], 0, 2, "top-1", "crop", "demo", None, api_name="/saliency")
+    assert heads is not None and mass is not None
+
+
+def test_saliency_tab_bad_inputs(client, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    with pytest.raises(Exception, match="corrupt or truncated|not an image"):
+        client.predict(handle_file(str(broken)), "gradcam", ["key"], 0, 1, "top-1", "pad", "demo", None,
+                       api_name="/saliency")
+    with pytest.raises(Exception, match="block=4 does not exist"):
+        client.predict(handle_file(str(SAMPLE)), "norm", ["key"], 4, 1, "top-1", "pad", "demo", None,
+                       api_name="/saliency")
+    with pytest.raises(Exception, match="target class 9 does not exist"):
+        client.predict(handle_file(str(SAMPLE)), "gradcam", ["key"], 0, 1, "9", "pad", "demo", None,
+                       api_name="/saliency")
+    mismatched = tmp_path / "other.safetensors"
+    from mscsa_lab import create_mscsa_model
+    from mscsa_lab.checkpoints import save_checkpoint
+
+    save_checkpoint(create_mscsa_model(backbone="resnet18", num_classes=3), mismatched)
+    call_build(client, profile="pvt_v2_b0")
+    with pytest.raises(Exception, match="does not fit this model"):
+        client.predict(handle_file(str(SAMPLE)), "norm", ["key"], 0, 1, "top-1", "pad", "build",
+                       handle_file(str(mismatched)), api_name="/saliency")
+
+
+def test_compare_tab_downloads(client):
+    table, plot, files, notes = client.predict(["pvt_v2_b0"], 224, 224, "classification", "mac", api_name="/compare")
+    row = dict(zip(table["headers"], table["data"][0]))
+    assert row["Model"] == "PVTv2-B0" and row["Paper FLOPs (G)"] == 0.57
+    for suffix in (".csv", ".md", ".tex", ".json"):
+        path = next(f for f in files if f.endswith(suffix))
+        assert read_table(path).frame["Model"].tolist() == ["PVTv2-B0"]
 
 
 def test_listens_on_localhost_by_default(monkeypatch):
@@ -63,7 +141,12 @@ def test_listens_on_localhost_by_default(monkeypatch):
 
     monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
     mscsa_app.main([])
-    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
+    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["max_file_size"] == "20mb"
     with pytest.warns(UserWarning, match="listening beyond this machine"):
         mscsa_app.main(["--host", "0.0.0.0"])
     assert seen["server_name"] == "0.0.0.0"
+
+
+def test_workflow_forms_reject_fractions():
+    with pytest.raises(ValueError, match="depth must be a whole number"):
+        workflows.ModelForm(depth=1.5).settings()

@@ -1,0 +1,281 @@
+"""One function per user action, shared by the web app and its tests.
+
+Each takes the plain values a form gives (strings, numbers, booleans, file paths), calls the library
+and returns display-ready results (tables, figures, files). Bad input raises a ``ValueError`` subclass
+whose message is meant for the user; the app shows it as an error message and keeps running.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .architecture import architecture_tables, build_model, parse_input_size
+from .config import ConfigError
+
+__all__ = [
+    "ModelForm",
+    "build_action",
+    "profile_action",
+    "budget_action",
+    "benchmark_action",
+    "saliency_action",
+    "compare_action",
+    "sample_images",
+    "device_note",
+    "output_dir",
+    "USER_ERRORS",
+]
+
+USER_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, FileNotFoundError)
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SAMPLES = ASSETS / "samples"
+
+
+def output_dir(prefix: str) -> Path:
+    """A fresh folder for files a user downloads (under the system temp dir, which Gradio serves)."""
+    return Path(tempfile.mkdtemp(prefix=f"mscsa_{prefix}_"))
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and np.isnan(value))
+
+
+@dataclass(frozen=True)
+class ModelForm:
+    """The Build tab's choices; blanks mean "as the profile says"."""
+
+    profile: str = "pvt_v2_b1"
+    backbone: str = ""
+    task: str = "classification"
+    height: int = 224
+    width: int = 224
+    depth: Any = None
+    num_heads: Any = None
+    key_dim: Any = None
+    mlp_ratio: Any = None
+    squeeze_ratio: Any = ""
+    use_pcp: bool = True
+    use_intra_ffn: bool = True
+    use_msp: bool = True
+    downsample: str = "dwconv"
+    num_classes: int = 1000
+
+    def settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = dict(use_pcp=bool(self.use_pcp), use_intra_ffn=bool(self.use_intra_ffn),
+                                        use_msp=bool(self.use_msp), downsample=self.downsample)
+        for name in ("depth", "num_heads", "key_dim"):
+            value = getattr(self, name)
+            if not _blank(value):
+                if float(value) != int(float(value)):
+                    raise ConfigError(f"{name} must be a whole number, got {value!r}")
+                settings[name] = int(float(value))
+        if not _blank(self.mlp_ratio):
+            settings["mlp_ratio"] = float(self.mlp_ratio)
+        if not _blank(self.squeeze_ratio):
+            settings["squeeze_ratio"] = str(self.squeeze_ratio).strip()
+        return settings
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return parse_input_size(self.height, self.width)
+
+    def build(self):
+        backbone = (self.backbone or "").strip()
+        return build_model(None if backbone else self.profile, backbone or None, self.task, self.input_size,
+                           num_classes=self.num_classes, **self.settings())
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(form: ModelForm):
+    return form.build()
+
+
+def build_action(form: ModelForm) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    model = _cached_model(form)
+    tables = architecture_tables(model, form.input_size)
+    summary = tables["summary"]
+    height, width = form.input_size
+    text = (
+        f"**{summary['backbone']} + MSCSA** ({summary['task']}), input {height}x{width}: multi-stage map "
+        f"{summary['mscsa_dim']} channels on a {'x'.join(map(str, summary['mscsa_grid']))} grid, "
+        f"{sum(summary['tokens_per_scale'])} key/value tokens over {len(summary['tokens_per_scale'])} scales; "
+        f"{summary['params']['total'] / 1e6:.2f} M parameters."
+    )
+    return text, tables["stages"], tables["scales"], tables["params"]
+
+
+def _write_all(table, stem: Path, figure=None) -> list[str]:
+    from .plots import save_figure
+
+    files = [str(table.write(stem.with_suffix(suffix))) for suffix in (".csv", ".md", ".tex", ".json")]
+    if figure is not None:
+        import matplotlib.pyplot as plt
+
+        figure.savefig(stem.with_suffix(".svg"), bbox_inches="tight")
+        files.append(str(stem.with_suffix(".svg")))
+        files.append(str(save_figure(figure, stem.with_suffix(".png"))))
+        plt.close(figure)
+    return files
+
+
+def profile_action(form: ModelForm, convention: str = "mac", level: int = 1):
+    """(table, figure, downloadable files, notes) of the per-component FLOPs and parameters."""
+    from .plots import plot_component_breakdown
+    from .profiler import profile_model
+
+    model = _cached_model(form)
+    report = profile_model(model, form.input_size)
+    table = report.to_table(convention)
+    table.frame = table.frame[table.frame["Level"] <= int(level)].reset_index(drop=True)
+    figure = plot_component_breakdown(table.frame, table.title, mscsa_only=True)
+    files = _write_all(table, output_dir("profile") / "profile", figure)
+    display = plot_component_breakdown(table.frame, table.title, mscsa_only=True)
+    return table.frame.round(4), display, files, "\n".join(f"- {n}" for n in table.notes)
+
+
+def budget_action(name: str, cap_percent: float, height: int, width: int, task: str = "classification"):
+    """(message, chosen settings as JSON, candidates tried)."""
+    from .budget import fit_flops_budget
+
+    if _blank(cap_percent) or float(cap_percent) <= 0:
+        raise ConfigError("give the cap as a percentage of the backbone's FLOPs, e.g. 10")
+    result = fit_flops_budget(name, float(cap_percent) / 100.0, parse_input_size(height, width), task)
+    settings = json.dumps(result.config.to_dict(), indent=2) if result.config is not None else ""
+    return result.message, settings, result.candidates.round(4)
+
+
+def device_note(device: str = "auto") -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU available: {torch.cuda.get_device_name(0)}."
+    return (f"No GPU on this machine: benchmarks run on the CPU ({torch.get_num_threads()} threads). "
+            "CPU figures are not comparable with the paper's A100 FPS.")
+
+
+def benchmark_action(names: Sequence[str], device: str = "auto", precision: str = "fp32", batch: int = 8,
+                     channels_last: bool = False, steps: int = 3, repeats: int = 3, input_size: int = 224,
+                     latency_model: str | None = None, progress: Callable[[float, str], None] | None = None):
+    """(device note, FPS table, FPS figure, latency table, latency figure, files)."""
+    from .benchmark import BenchmarkSettings, resolve_device
+    from .compare import throughput_comparison
+    from .latency import component_latency
+    from .plots import plot_latency, plot_throughput
+
+    names = [n for n in (names or []) if n]
+    if not names:
+        raise ConfigError("pick at least one backbone to benchmark")
+    resolve_device(device)
+    settings = BenchmarkSettings(device=device, batch=int(batch), precision=precision, channels_last=bool(channels_last),
+                                 warmup=2, steps=int(steps), repeats=int(repeats)).validate()
+    size = parse_input_size(input_size, input_size)
+    table = throughput_comparison(names, size, settings, progress=progress)
+    folder = output_dir("benchmark")
+    files = _write_all(table, folder / "fps", plot_throughput(table.frame, table.title))
+    latency_frame, latency_figure = None, None
+    if latency_model:
+        model = build_model(latency_model, None, "classification", size)
+        latency = component_latency(model, size, settings).to_table()
+        files += _write_all(latency, folder / "latency", plot_latency(latency.frame, latency.title))
+        latency_frame = latency.frame.round(3)
+        latency_figure = plot_latency(latency.frame, latency.title)
+    return (device_note(device), table.frame.round(3), plot_throughput(table.frame, table.title), latency_frame,
+            latency_figure, files)
+
+
+def compare_action(names: Sequence[str], height: int, width: int, task: str = "classification",
+                   convention: str = "mac"):
+    """(table, figure, files) in the paper's Table 6 layout."""
+    from .compare import compare_backbones
+    from .plots import plot_comparison
+
+    names = [n for n in (names or []) if n]
+    if not names:
+        raise ConfigError("pick at least one backbone to compare")
+    table = compare_backbones(names, parse_input_size(height, width), task, convention=convention)
+    files = _write_all(table, output_dir("compare") / "comparison", plot_comparison(table.frame, table.title))
+    return table.frame.round(3), plot_comparison(table.frame, table.title), files, "\n".join(f"- {n}" for n in table.notes)
+
+
+# ----------------------------------------------------------------------------------- saliency
+def sample_images() -> list[str]:
+    return sorted(str(p) for p in SAMPLES.glob("*.png")) if SAMPLES.is_dir() else []
+
+
+@functools.lru_cache(maxsize=2)
+def _demo():
+    from .checkpoints import load_demo_model
+
+    return load_demo_model()
+
+
+def _saliency_model(source: str, form: ModelForm | None, checkpoint: str | None):
+    """The demo model, or the Build tab's model (with an uploaded checkpoint if given)."""
+    if source == "demo":
+        model, meta = _demo()
+        return model, meta["classes"], tuple(meta["input_size"])
+    if form is None:
+        raise ConfigError("build a model in the Build tab first, or use the demo model")
+    if form.task != "classification":
+        form = ModelForm(**{**asdict(form), "task": "classification"})
+    model = form.build() if checkpoint else _cached_model(form)
+    if checkpoint:
+        from .checkpoints import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    return model.eval(), [f"class {i}" for i in range(model.num_classes)], form.input_size
+
+
+def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kinds: Sequence[str] = ("key", "value"),
+                    block: int = 0, layer: int = 1, target: Any = None, query: tuple[int, int] | None = None,
+                    fit: str = "pad", source: str = "demo", form: ModelForm | None = None,
+                    checkpoint: str | None = None, cmap: str = "inferno"):
+    """(grid PNG path, prediction text, attention-mass figure or None, per-head PNG path or None,
+    raw maps .npz path, seconds taken). ``query`` is a pixel (x, y) on the displayed image."""
+    from .images import prepare_image
+    from .plots import save_figure
+    from .render import attention_mass_chart, head_grid, saliency_grid, save_maps
+    from .saliency import compute_saliency
+
+    started = time.perf_counter()
+    if image is None or (isinstance(image, str) and not image):
+        raise ConfigError("upload an image or pick a sample first")
+    model, classes, size = _saliency_model(source, form, checkpoint)
+    prepared = prepare_image(image, size, fit=fit)
+    target_index = None
+    if not _blank(target) and target != "top-1":
+        target_index = classes.index(target) if target in classes else int(target)
+    grid_query = None
+    if query is not None:
+        grid_h, grid_w = _mscsa_grid(model, size)
+        x, y = query
+        grid_query = (min(grid_h - 1, int(y * grid_h / size[0])), min(grid_w - 1, int(x * grid_w / size[1])))
+        method = "query"
+    kinds = ["attention"] if method in ("attention", "query") else list(kinds or ["key"])
+    results = [compute_saliency(model, prepared.tensor, method, kind if kind != "attention" else "key", int(block),
+                                int(layer), target_index, grid_query) for kind in kinds]
+    folder = output_dir("saliency")
+    grid_path = save_figure(saliency_grid(prepared.display, results, cmap, class_names=classes), folder / "grid.png")
+    first = results[0]
+    top = np.argsort(first.probabilities)[::-1][:3] if first.probabilities is not None else []
+    prediction = ", ".join(f"{classes[i] if i < len(classes) else i}: {first.probabilities[i]:.1%}" for i in top)
+    mass = attention_mass_chart(first) if first.mass_shares is not None else None
+    heads_path = None
+    if first.head_maps is not None:
+        heads_path = str(save_figure(head_grid(prepared.display, first, cmap), folder / "heads.png"))
+    npz = save_maps(first, folder / "maps.npz")
+    return str(grid_path), f"Prediction: {prediction}" if prediction else "", mass, heads_path, str(npz), \
+        time.perf_counter() - started
+
+
+def _mscsa_grid(model, size: tuple[int, int]) -> tuple[int, int]:
+    summary = model.summary(size)
+    return tuple(summary["mscsa_grid"])  # type: ignore[return-value]

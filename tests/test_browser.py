@@ -1,0 +1,127 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright (no browser download).
+
+Opens the app, builds a model, profiles it, uploads an image and sees the saliency grid, downloads a
+CSV from the Compare tab and checks its contents, triggers a bad input and sees the error, and
+takes a screenshot of every tab into assets/screenshots/ (used by the README).
+"""
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+import app as mscsa_app
+from mscsa_lab.export import read_table
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "assets" / "screenshots"
+SAMPLE = ROOT / "assets" / "samples" / "star_large.png"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    demo = mscsa_app.make_app()
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url, tmp_path_factory):
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required: apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(app_url)
+        expect(page.get_by_text("MSCSA Lab").first).to_be_visible()
+        yield page
+        browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_whole_workflow_in_the_browser(page, tmp_path):
+    timings = {}
+
+    # Build
+    open_tab(page, "Build")
+    start = time.perf_counter()
+    page.locator("#build-button").click()
+    expect(page.locator("#build-status")).to_contain_text("pvt_v2_b1 + MSCSA")
+    timings["build"] = time.perf_counter() - start
+    assert screenshot(page, "build").stat().st_size > 10_000
+
+    # Profile the model just built
+    open_tab(page, "Profile")
+    start = time.perf_counter()
+    page.locator("#profile-button").click()
+    expect(page.locator("#profile-table")).to_contain_text("attention matmuls")
+    expect(page.locator("#profile-table")).to_contain_text("CSA 1 (block 1)")
+    timings["profile"] = time.perf_counter() - start
+    screenshot(page, "profile")
+
+    # Saliency: upload an image, render, see the grid
+    open_tab(page, "Saliency")
+    page.locator("#saliency-image input[type=file]").set_input_files(str(SAMPLE))
+    start = time.perf_counter()
+    page.locator("#saliency-button").click()
+    expect(page.locator("#saliency-prediction")).to_contain_text("Prediction: star")
+    expect(page.locator("#saliency-grid img")).to_be_visible()
+    timings["saliency"] = time.perf_counter() - start
+    screenshot(page, "saliency")
+
+    # Benchmark tab: the device is stated plainly
+    open_tab(page, "Benchmark")
+    expect(page.locator("#device-note")).to_contain_text("GPU")
+    screenshot(page, "benchmark")
+
+    # Compare, then download the CSV and check it
+    open_tab(page, "Compare")
+    start = time.perf_counter()
+    page.locator("#compare-button").click()
+    expect(page.locator("#compare-table")).to_contain_text("PVTv2-B1")
+    timings["compare"] = time.perf_counter() - start
+    screenshot(page, "compare")
+    with page.expect_download() as download_info:
+        page.locator("#compare-files").get_by_text("comparison.csv").click()
+    path = tmp_path / "comparison.csv"
+    download_info.value.save_as(path)
+    table = read_table(path)
+    assert table.frame["Model"].tolist() == ["PVTv2-B0", "PVTv2-B1"]
+    assert table.frame["+MSCSA FLOPs (G)"].iloc[1] == pytest.approx(2.34, abs=0.01)
+    assert table.metadata["input_size"] == "224x224"
+
+    # A bad input: the error is shown in the page and the app keeps working
+    open_tab(page, "Build")
+    depth = page.get_by_label("Depth (blank = profile)")
+    depth.fill("99")
+    page.locator("#build-button").click()
+    expect(page.get_by_text("depth=99 is out of range").first).to_be_visible()
+    screenshot(page, "error")
+    depth.fill("")
+    page.locator("#build-button").click()
+    expect(page.locator("#build-status")).to_contain_text("pvt_v2_b1 + MSCSA")
+    print("slowest user actions (s):", {k: round(v, 2) for k, v in sorted(timings.items(), key=lambda kv: -kv[1])})
