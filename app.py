@@ -75,6 +75,11 @@ def on_saliency(image, method, kinds, block, layer, target, fit, source, checkpo
 
 
 @_user_errors
+def on_upload(image, fit, source, form):
+    return workflows.preview_action(image, fit, source, form)
+
+
+@_user_errors
 def on_click(image, block, layer, fit, source, checkpoint, form, event: gr.SelectData):
     grid, prediction, mass, heads, npz, seconds = workflows.saliency_action(
         image, "query", ["attention"], block, layer, None, tuple(event.index), fit, source, form, checkpoint)
@@ -100,10 +105,11 @@ def make_app() -> gr.Blocks:
             with gr.Row():
                 height = gr.Number(224, label="Input height", precision=0)
                 width = gr.Number(224, label="Input width", precision=0)
-                depth = gr.Number(None, label="Depth (blank = profile)", precision=0)
-                num_heads = gr.Number(None, label="Heads (blank = profile)", precision=0)
-                key_dim = gr.Number(None, label="Head dim d (blank = profile)", precision=0)
-                mlp_ratio = gr.Number(None, label="MLP ratio (blank = profile)")
+                # Text, not gr.Number: a blank number field reaches the server as 0, not "unset".
+                depth = gr.Textbox(label="Depth (blank = profile)")
+                num_heads = gr.Textbox(label="Heads (blank = profile)")
+                key_dim = gr.Textbox(label="Head dim d (blank = profile)")
+                mlp_ratio = gr.Textbox(label="MLP ratio (blank = profile)")
                 squeeze = gr.Textbox(label="Squeeze ratio (5/8, none; blank = profile)")
             with gr.Row():
                 use_pcp = gr.Checkbox(True, label="Parallel convolution path")
@@ -174,17 +180,21 @@ def make_app() -> gr.Blocks:
                         "Click a point on the input to see its attention over each scale.")
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = gr.Image(type="filepath", label="Image (upload, or pick a sample below)", elem_id="saliency-image",
-                                     sources=["upload", "clipboard"])
+                    # A file input, not gr.Image: every upload goes through mscsa_lab.images, whose errors
+                    # say what is wrong with a file (gr.Image would fail on it before our code runs).
+                    image = gr.File(label="Image (any format Pillow reads; or pick a sample below)", type="filepath",
+                                    elem_id="saliency-image")
                     samples = workflows.sample_images()
                     if samples:
                         gr.Examples(samples, inputs=[image], label="Samples")
+                    preview = gr.Image(label="As the model sees it: click a point for its attention", interactive=False,
+                                       elem_id="saliency-preview", height=288)
                 with gr.Column(scale=1):
                     source = gr.Radio([("demo model (synthetic shapes)", "demo"), ("the Build tab's model", "build")],
                                       value="demo", label="Model")
                     checkpoint = gr.File(label="Checkpoint for the Build tab's model (.safetensors / .pth)",
                                          file_types=[".safetensors", ".pth", ".pt"], type="filepath")
-                    method = gr.Dropdown(list(METHODS), value="gradcam", label="Method")
+                    method = gr.Dropdown(list(METHODS), value="gradxact", label="Method (gradxact = HiResCAM, class-targeted)")
                     kinds = gr.CheckboxGroup(["key", "value"], value=["key", "value"], label="Keys / values")
                     with gr.Row():
                         block = gr.Number(0, label="Block", precision=0)
@@ -200,8 +210,10 @@ def make_app() -> gr.Blocks:
             maps_file = gr.File(label="Raw maps (.npz)")
             saliency_inputs = [image, method, kinds, block, layer, target, fit, source, checkpoint, model_state]
             run_saliency.click(on_saliency, saliency_inputs, [grid, prediction, mass, heads, maps_file], api_name="saliency")
-            image.select(on_click, [image, block, layer, fit, source, checkpoint, model_state],
-                         [grid, prediction, mass, heads, maps_file])
+            for trigger in (image.change, fit.change, source.change):
+                trigger(on_upload, [image, fit, source, model_state], [preview])
+            preview.select(on_click, [image, block, layer, fit, source, checkpoint, model_state],
+                           [grid, prediction, mass, heads, maps_file])
 
         with gr.Tab("Compare"):
             with gr.Row():

@@ -44,7 +44,7 @@ def _check_cmap(cmap: str) -> None:
 
 def _row_label(result: SaliencyResult, class_names: Sequence[str] | None) -> str:
     text = {"key": "keys K", "value": "values V", "attention": "attention"}[result.kind]
-    label = f"{result.method} · {text}\nblock {result.block}, CSA {result.layer}"
+    label = f"{text} · {result.method}"
     if result.target is not None:
         name = class_names[result.target] if class_names and result.target < len(class_names) else f"class {result.target}"
         probability = result.probabilities[result.target] if result.probabilities is not None else None
@@ -57,7 +57,8 @@ def saliency_grid(image: np.ndarray, results: Sequence[SaliencyResult], cmap: st
     """image | scale 0 | scale 1 | scale 2 — one row per result (e.g. K and V)."""
     _check_cmap(cmap)
     columns = 1 + max(len(r.maps) for r in results)
-    figure, axes = plt.subplots(len(results), columns, figsize=(3.0 * columns + 0.8, 3.1 * len(results)), squeeze=False)
+    figure, axes = plt.subplots(len(results), columns, figsize=(3.0 * columns + 0.8, 3.3 * len(results)), squeeze=False)
+    figure.suptitle(f"MSCSA block {results[0].block}, CSA layer {results[0].layer}", fontsize=11)
     for row, result in enumerate(results):
         axes[row, 0].imshow(image)
         axes[row, 0].set_title(_row_label(result, class_names), fontsize=8)

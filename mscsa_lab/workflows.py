@@ -29,6 +29,7 @@ __all__ = [
     "saliency_action",
     "compare_action",
     "sample_images",
+    "preview_action",
     "device_note",
     "output_dir",
     "USER_ERRORS",
@@ -46,6 +47,13 @@ def output_dir(prefix: str) -> Path:
 
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and np.isnan(value))
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,12 @@ class ModelForm:
         for name in ("depth", "num_heads", "key_dim"):
             value = getattr(self, name)
             if not _blank(value):
-                if float(value) != int(float(value)):
+                number = _number(name, value)
+                if number != int(number):
                     raise ConfigError(f"{name} must be a whole number, got {value!r}")
-                settings[name] = int(float(value))
+                settings[name] = int(number)
         if not _blank(self.mlp_ratio):
-            settings["mlp_ratio"] = float(self.mlp_ratio)
+            settings["mlp_ratio"] = _number("mlp_ratio", self.mlp_ratio)
         if not _blank(self.squeeze_ratio):
             settings["squeeze_ratio"] = str(self.squeeze_ratio).strip()
         return settings
@@ -274,6 +283,17 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
     npz = save_maps(first, folder / "maps.npz")
     return str(grid_path), f"Prediction: {prediction}" if prediction else "", mass, heads_path, str(npz), \
         time.perf_counter() - started
+
+
+def preview_action(image: str | None, fit: str = "pad", source: str = "demo", form: ModelForm | None = None,
+                   checkpoint: str | None = None) -> np.ndarray | None:
+    """The uploaded image as the model will see it (resized to its input), or None before an upload."""
+    from .images import prepare_image
+
+    if image is None or (isinstance(image, str) and not image):
+        return None
+    size = _demo()[1]["input_size"] if source == "demo" else (form or ModelForm()).input_size
+    return prepare_image(image, tuple(size), fit=fit).display
 
 
 def _mscsa_grid(model, size: tuple[int, int]) -> tuple[int, int]:

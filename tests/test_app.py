@@ -28,8 +28,8 @@ def client():
         demo.close()
 
 
-BUILD_DEFAULTS = dict(profile="pvt_v2_b1", backbone="", task="classification", height=224, width=224, depth=None,
-                      num_heads=None, key_dim=None, mlp_ratio=None, squeeze="", use_pcp=True, use_intra_ffn=True,
+BUILD_DEFAULTS = dict(profile="pvt_v2_b1", backbone="", task="classification", height=224, width=224, depth="",
+                      num_heads="", key_dim="", mlp_ratio="", squeeze="", use_pcp=True, use_intra_ffn=True,
                       use_msp=True, downsample="dwconv")
 
 
@@ -49,7 +49,9 @@ def test_build_tab_custom_backbone_and_bad_input(client):
     text, stages = call_build(client, backbone="resnet18", squeeze="1/2", height=197, width=263)[:2]
     assert "resnet18 + MSCSA" in text and [row[3] for row in stages["data"]] == [32, 64, 128, 256]
     with pytest.raises(Exception, match="depth=99 is out of range"):
-        call_build(client, depth=99)
+        call_build(client, depth="99")
+    with pytest.raises(Exception, match="num_heads must be a number, got 'eight'"):
+        call_build(client, num_heads="eight")
     with pytest.raises(Exception, match="unknown timm backbone 'not_a_net'"):
         call_build(client, backbone="not_a_net")
     with pytest.raises(Exception, match="input height=5"):

@@ -52,10 +52,10 @@ def page(app_url, tmp_path_factory):
         browser.close()
 
 
-def screenshot(page, name: str) -> Path:
+def screenshot(page, name: str, full_page: bool = True) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
 
 
@@ -106,7 +106,7 @@ def test_whole_workflow_in_the_browser(page, tmp_path):
     timings["compare"] = time.perf_counter() - start
     screenshot(page, "compare")
     with page.expect_download() as download_info:
-        page.locator("#compare-files").get_by_text("comparison.csv").click()
+        page.locator('#compare-files a[download="comparison.csv"]').click()
     path = tmp_path / "comparison.csv"
     download_info.value.save_as(path)
     table = read_table(path)
@@ -120,7 +120,8 @@ def test_whole_workflow_in_the_browser(page, tmp_path):
     depth.fill("99")
     page.locator("#build-button").click()
     expect(page.get_by_text("depth=99 is out of range").first).to_be_visible()
-    screenshot(page, "error")
+    page.wait_for_timeout(800)  # the toast fades in
+    screenshot(page, "error", full_page=False)  # the message is a toast fixed to the viewport
     depth.fill("")
     page.locator("#build-button").click()
     expect(page.locator("#build-status")).to_contain_text("pvt_v2_b1 + MSCSA")

@@ -26,7 +26,7 @@ def image_tensor():
     return torch.randn(1, 3, 160, 192)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "norm", "eigencam", "attention", "query"])
+@pytest.mark.parametrize("method", ["gradxact", "gradcam", "norm", "eigencam", "attention", "query"])
 @pytest.mark.parametrize("kind", ["key", "value"])
 def test_every_method_gives_finite_maps_of_the_input_size(small_model, image_tensor, method, kind):
     result = compute_saliency(small_model, image_tensor, method, kind, block=1, layer=2)
@@ -35,7 +35,7 @@ def test_every_method_gives_finite_maps_of_the_input_size(small_model, image_ten
         assert full.shape == (160, 192) and np.isfinite(full).all() and np.isfinite(grid).all()
     assert [g.shape for g in result.grid_maps] == [(10, 12), (5, 6), (4, 4)]  # Eq. 3 grids at 1/16
     assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-    if method == "gradcam":
+    if method in ("gradcam", "gradxact"):
         assert result.target == int(result.probabilities.argmax())
 
 

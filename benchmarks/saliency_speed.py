@@ -1,0 +1,61 @@
+"""Seconds to render one image's per-scale maps (all three scales, one method) on this machine, and
+how well the demo model's maps localise the objects of held-out synthetic images.
+
+    python benchmarks/saliency_speed.py [--localisation 200]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+import torch  # noqa: E402
+
+from mscsa_lab.checkpoints import load_demo_model  # noqa: E402
+from mscsa_lab.models.mscsa_net import create_mscsa_model  # noqa: E402
+from mscsa_lab.saliency import METHODS, compute_saliency  # noqa: E402
+from mscsa_lab.saliency_eval import evaluate_localisation  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
+
+
+def time_methods(model, size: tuple[int, int], label: str, repeats: int = 3) -> None:
+    from mscsa_lab.images import prepare_image
+
+    image = prepare_image(SAMPLE, size).tensor
+    for method in METHODS:
+        compute_saliency(model, image, method)  # warm-up
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            compute_saliency(model, image, method)
+            seconds.append(time.perf_counter() - start)
+        print(f"| {label} | {size[0]}x{size[1]} | {method} | {statistics.median(seconds):.3f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--localisation", type=int, default=200, help="held-out images for the localisation check")
+    args = parser.parse_args()
+    print(f"torch threads: {torch.get_num_threads()}")
+    print("| Model | input | method | seconds (median of 3) |")
+    print("|---|---|---|---:|")
+    for name in ("pvt_v2_b1", "resnet50"):
+        time_methods(create_mscsa_model(name).eval(), (224, 224), f"{name}+MSCSA (random weights)")
+    model, meta = load_demo_model()
+    time_methods(model, tuple(meta["input_size"]), "demo model")
+    if args.localisation:
+        for method in ("gradxact", "gradcam"):
+            for kind in ("key", "value"):
+                report = evaluate_localisation(model, meta, args.localisation, method, kind)
+                print("\n".join(report.lines()))
+
+
+if __name__ == "__main__":
+    main()
