@@ -226,6 +226,22 @@ def _demo():
     return load_demo_model()
 
 
+def preprocessing_for(model, meta: dict | None = None) -> dict[str, Any]:
+    """Mean, std and interpolation for a model's inputs: the demo model's own (from its metadata),
+    else the backbone's timm pretrained config (ImageNet defaults when it has none)."""
+    if meta is not None and "preprocessing" in meta:
+        return dict(mean=tuple(meta["preprocessing"]["mean"]), std=tuple(meta["preprocessing"]["std"]))
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(model.backbone.name)
+    except Exception:  # noqa: BLE001 - any timm lookup failure means "no config"
+        cfg = None
+    if cfg is None:
+        return {}
+    return dict(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation or "bicubic")
+
+
 def _saliency_model(source: str, form: ModelForm | None, checkpoint: str | None):
     """The demo model, or the Build tab's model (with an uploaded checkpoint if given)."""
     if source == "demo":
@@ -258,7 +274,7 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
     if image is None or (isinstance(image, str) and not image):
         raise ConfigError("upload an image or pick a sample first")
     model, classes, size = _saliency_model(source, form, checkpoint)
-    prepared = prepare_image(image, size, fit=fit)
+    prepared = prepare_image(image, size, fit=fit, **preprocessing_for(model, _demo()[1] if source == "demo" else None))
     target_index = None
     if not _blank(target) and target != "top-1":
         target_index = classes.index(target) if target in classes else int(target)
@@ -293,7 +309,7 @@ def preview_action(image: str | None, fit: str = "pad", source: str = "demo", fo
     if image is None or (isinstance(image, str) and not image):
         return None
     size = _demo()[1]["input_size"] if source == "demo" else (form or ModelForm()).input_size
-    return prepare_image(image, tuple(size), fit=fit).display
+    return prepare_image(image, tuple(size), fit=fit).display  # the picture only: no normalisation involved
 
 
 def _mscsa_grid(model, size: tuple[int, int]) -> tuple[int, int]:

@@ -244,3 +244,18 @@ def test_checkpoints_load_safely(tmp_path, small_model):
 def _touch(path):
     path.write_bytes(b"x")
     return path
+
+
+def test_preprocessing_follows_the_backbones_timm_config():
+    from mscsa_lab.workflows import preprocessing_for
+
+    model = create_mscsa_model(backbone="resnet18", config=dict(squeeze_ratio=0.25, num_heads=2, key_dim=8))
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg("resnet18")
+    assert preprocessing_for(model) == dict(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation)
+    demo_meta = {"preprocessing": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    assert preprocessing_for(model, demo_meta) == dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    prepared = prepare_image(_encode(white, "PNG"), (32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert torch.allclose(prepared.tensor, torch.full((1, 3, 32, 32), 2.0))
