@@ -93,9 +93,9 @@ def fit_flops_budget(
     height, width = parse_input_size(*input_size)
     try:
         profile = load_profile(name)
-        backbone, base = profile.backbone, profile.config
+        backbone, baseline_name, base = profile.backbone, profile.baseline_model, profile.config
     except ProfileError:
-        backbone, base = name, MSCSAConfig()
+        backbone, baseline_name, base = name, name, MSCSAConfig()
     if settings:
         base = base.replace(**settings)
     x = torch.zeros(1, 3, height, width)
@@ -104,9 +104,9 @@ def fit_flops_budget(
         baseline = features_model
     else:
         try:
-            baseline = timm.create_model(backbone, img_size=(height, width), num_classes=num_classes)
+            baseline = timm.create_model(baseline_name, img_size=(height, width), num_classes=num_classes)
         except TypeError:
-            baseline = timm.create_model(backbone, num_classes=num_classes)
+            baseline = timm.create_model(baseline_name, num_classes=num_classes)
     with torch.no_grad():
         backbone_flops = flop_analysis(baseline.eval(), x).total()
         features_flops = flop_analysis(features_model, x).total()

@@ -68,15 +68,16 @@ def build_pair(
     height, width = parse_input_size(*input_size)
     label, profile = _resolve(name)
     backbone_name = profile.backbone if profile else label
+    baseline_name = profile.baseline_model if profile else label
     if profile is not None:
         profile.require_available()
     model = create_mscsa_model(profile, backbone=None if profile else backbone_name, task=task,
                                img_size=(height, width), **settings)
     base_kwargs: dict[str, Any] = {"features_only": True} if task == "dense" else {}
     try:
-        base = timm.create_model(backbone_name, img_size=(height, width), **base_kwargs)
-    except TypeError:
-        base = timm.create_model(backbone_name, **base_kwargs)
+        base = timm.create_model(baseline_name, img_size=(height, width), **base_kwargs)
+    except TypeError:  # models built for any size take no img_size
+        base = timm.create_model(baseline_name, **base_kwargs)
     return (profile.title if profile else label), profile, base.eval(), model.eval()
 
 

@@ -29,7 +29,8 @@ __all__ = [
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 ATTACH_MODES = ("parallel", "replace_sase", "replace_parallel_blocks")
 PAPER_KEYS = ("flops_g", "flops_mscsa_g", "fps", "fps_mscsa", "top1", "top1_mscsa")
-_TOP_LEVEL_KEYS = {"name", "title", "backbone", "model_name", "attach", "unavailable_reason", "mscsa", "paper"}
+_TOP_LEVEL_KEYS = {"name", "title", "backbone", "baseline", "model_name", "attach", "unavailable_reason", "mscsa",
+                   "paper"}
 
 
 class ProfileError(ValueError):
@@ -44,21 +45,28 @@ class ProfileUnavailable(ProfileError):
 class Profile:
     name: str
     title: str
-    backbone: str
+    backbone: str  # the timm model whose four stage maps feed MSCSA (features_only)
     model_name: str
     attach: str
     config: MSCSAConfig
     paper: dict[str, float] = field(default_factory=dict)
     unavailable_reason: str = ""
     path: Path | None = None
+    baseline: str = ""  # the unmodified timm model for comparisons (default: the backbone)
+
+    @property
+    def baseline_model(self) -> str:
+        return self.baseline or self.backbone
 
     @property
     def available(self) -> bool:
-        """True when this installation can build the profile: for the parallel mode, when timm
-        has the backbone; for the replacement modes, when the ``*_mscsa`` model is registered."""
+        """True when this installation can build the profile: timm knows its backbone (and, for the
+        replacement modes, its registered ``*_mscsa`` model)."""
         import mscsa_lab.models  # noqa: F401 - registers the models
 
-        return timm.is_model(self.backbone if self.attach == "parallel" else self.model_name)
+        if not timm.is_model(self.backbone):
+            return False
+        return self.attach == "parallel" or timm.is_model(self.model_name)
 
     def require_available(self) -> "Profile":
         if not self.available:
@@ -99,6 +107,7 @@ def _parse(data: dict[str, Any], path: Path | None) -> Profile:
         paper={k: float(v) for k, v in paper.items()},
         unavailable_reason=data.get("unavailable_reason", ""),
         path=path,
+        baseline=data.get("baseline", ""),
     )
 
 

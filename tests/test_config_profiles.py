@@ -42,13 +42,17 @@ def test_profiles_load_by_any_name():
         load_profile("resnet9")
 
 
-@pytest.mark.parametrize("name", ["topformer_tiny", "coat_small", "p2t_tiny", "shunted_tiny"])
-def test_rows_without_a_backbone_yet_say_so(name):
-    profile = load_profile(name)
-    if profile.available:
-        pytest.fail(f"{name} became available: replace this test by real shape tests")
-    with pytest.raises(ProfileUnavailable, match="cannot be built here: .*issue 7"):
-        create_mscsa_model(name)
+def test_rows_whose_backbone_is_missing_say_so(tmp_path):
+    """A profile whose backbone this installation lacks refuses to build, with its reason."""
+    path = tmp_path / "future.toml"
+    path.write_text('name = "future"\ntitle = "Future-T"\nbackbone = "future_net_tiny"\nattach = "replace_sase"\n'
+                    'unavailable_reason = "Future-T arrives with a later release."\n[mscsa]\nnum_heads = 2\n')
+    profile = load_profile_file(path)
+    assert not profile.available
+    with pytest.raises(ProfileUnavailable, match="cannot be built here: Future-T arrives with a later release"):
+        create_mscsa_model(profile)
+    for row in list_profiles():  # and every bundled row either builds or says why not
+        assert row.available or row.unavailable_reason, row.name
 
 
 def test_custom_configuration_builds():

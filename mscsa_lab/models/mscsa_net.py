@@ -227,3 +227,15 @@ def swin_tiny_patch4_window7_224_mscsa(pretrained: bool = False, **kwargs: Any) 
 @register_model
 def convnext_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
     return _create_registered("convnext_tiny", pretrained, **kwargs)
+
+
+@register_model
+def coat_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+    """CoaT Tiny's serial blocks with MSCSA in place of its parallel blocks."""
+    return _create_registered("coat_tiny", pretrained, **kwargs)
+
+
+@register_model
+def coat_small_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+    """CoaT Small's serial blocks with MSCSA in place of its parallel blocks."""
+    return _create_registered("coat_small", pretrained, **kwargs)
