@@ -26,3 +26,24 @@ def randomize_batchnorm(module: torch.nn.Module) -> None:
                 m.running_var.copy_(torch.rand(m.num_features, generator=generator) * 0.5 + 0.75)
                 m.weight.copy_(torch.rand(m.num_features, generator=generator) * 0.5 + 0.75)
                 m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    """The whole app launched on a free localhost port for the module's tests."""
+    import app as mscsa_app
+
+    demo = mscsa_app.make_app()
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()

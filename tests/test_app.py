@@ -1,5 +1,4 @@
 """Each tab's functions through gradio_client against the launched app."""
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,9 @@ from mscsa_lab.export import read_table
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def client():
-    demo = mscsa_app.make_app()
-    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(demo.local_url, verbose=False)
-    finally:
-        demo.close()
+def client(app_url):
+    return Client(app_url, verbose=False)
 
 
 BUILD_DEFAULTS = dict(profile="pvt_v2_b1", backbone="", task="classification", height=224, width=224, depth="",

@@ -4,14 +4,12 @@ Opens the app, builds a model, profiles it, uploads an image and sees the salien
 CSV from the Compare tab and checks its contents, triggers a bad input and sees the error, and
 takes a screenshot of every tab into assets/screenshots/ (used by the README).
 """
-import socket
 import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-import app as mscsa_app
 from mscsa_lab.export import read_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,22 +18,6 @@ SCREENSHOTS = ROOT / "assets" / "screenshots"
 SAMPLE = ROOT / "assets" / "samples" / "star_large.png"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    demo = mscsa_app.make_app()
-    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -239,3 +239,25 @@ def coat_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
 def coat_small_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
     """CoaT Small's serial blocks with MSCSA in place of its parallel blocks."""
     return _create_registered("coat_small", pretrained, **kwargs)
+
+
+@register_model
+def topformer_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+    """TopFormer-T's token pyramid with MSCSA in place of its Scale-Aware Semantics Extractor."""
+    return _create_registered("topformer_tiny", pretrained, **kwargs)
+
+
+@register_model
+def topformer_base_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+    """TopFormer-B's token pyramid with MSCSA in place of its Scale-Aware Semantics Extractor."""
+    return _create_registered("topformer_base", pretrained, **kwargs)
+
+
+@register_model
+def p2t_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+    return _create_registered("p2t_tiny", pretrained, **kwargs)
+
+
+@register_model
+def shunted_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+    return _create_registered("shunted_tiny", pretrained, **kwargs)
