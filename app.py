@@ -16,7 +16,9 @@ from mscsa_lab.config import DOWNSAMPLE_STRATEGIES
 from mscsa_lab.profiles import list_profiles
 from mscsa_lab.saliency import METHODS
 
-MAX_UPLOAD = "20mb"
+# Checkpoints are the largest uploads (a 224x224 PVTv2-B1+MSCSA is 75 MB in fp32); images are further
+# limited to 50 MB by mscsa_lab.images.
+MAX_UPLOAD = "512mb"
 
 
 def _user_errors(action):
@@ -92,7 +94,8 @@ def on_compare(names, height, width, task, convention):
 
 
 def make_app() -> gr.Blocks:
-    with gr.Blocks(title="MSCSA Lab") as demo:
+    # delete_cache: Gradio's copies of served files older than an hour are removed every hour.
+    with gr.Blocks(title="MSCSA Lab", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# MSCSA Lab\nMulti-Stage Cross-Scale Attention on any backbone: build it, count its FLOPs, "
                     "time it, and see what each scale of its keys and values looks at.")
         model_state = gr.State(None)
@@ -182,7 +185,7 @@ def make_app() -> gr.Blocks:
                 with gr.Column(scale=1):
                     # A file input, not gr.Image: every upload goes through mscsa_lab.images, whose errors
                     # say what is wrong with a file (gr.Image would fail on it before our code runs).
-                    image = gr.File(label="Image (any format Pillow reads; or pick a sample below)", type="filepath",
+                    image = gr.File(label="Image (any format Pillow reads, up to 50 MB; or pick a sample below)", type="filepath",
                                     elem_id="saliency-image")
                     samples = workflows.sample_images()
                     if samples:
@@ -192,7 +195,7 @@ def make_app() -> gr.Blocks:
                 with gr.Column(scale=1):
                     source = gr.Radio([("demo model (synthetic shapes)", "demo"), ("the Build tab's model", "build")],
                                       value="demo", label="Model")
-                    checkpoint = gr.File(label="Checkpoint for the Build tab's model (.safetensors / .pth)",
+                    checkpoint = gr.File(label="Checkpoint for the Build tab's model (.safetensors / .pth, up to 512 MB)",
                                          file_types=[".safetensors", ".pth", ".pt"], type="filepath")
                     method = gr.Dropdown(list(METHODS), value="gradxact", label="Method (gradxact = HiResCAM, class-targeted)")
                     kinds = gr.CheckboxGroup(["key", "value"], value=["key", "value"], label="Keys / values")

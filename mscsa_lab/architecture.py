@@ -12,7 +12,7 @@ import pandas as pd
 from .config import ConfigError
 from .models.mscsa_net import MSCSANet, create_mscsa_model
 
-__all__ = ["build_model", "architecture_tables", "parse_input_size"]
+__all__ = ["build_model", "build_named_model", "architecture_tables", "parse_input_size"]
 
 MAX_SIDE = 4096
 MIN_SIDE = 32
@@ -49,6 +49,18 @@ def build_model(
         profile, backbone=backbone, task=task, num_classes=num_classes, img_size=(height, width), **settings
     )
     return model.eval()
+
+
+def build_named_model(name: str, task: str = "classification", input_size: tuple[int, int] = (224, 224),
+                      **settings: Any) -> MSCSANet:
+    """A model from one name: a Table 7 profile (``pvt_v2_b1``) or any timm backbone (``resnet34``)."""
+    from .profiles import ProfileError, load_profile
+
+    try:
+        load_profile(name)
+        return build_model(name, None, task, input_size, **settings)
+    except ProfileError:
+        return build_model(None, name, task, input_size, **settings)
 
 
 def architecture_tables(model: MSCSANet, input_size: tuple[int, int] = (224, 224)) -> dict[str, pd.DataFrame]:

@@ -150,6 +150,11 @@ def fit_flops_budget(
             break
 
     candidates = pd.DataFrame(tried)
+    if not tried:
+        raise ConfigError(
+            f"{backbone}'s stage widths {channels} are too narrow to squeeze by 1/16 or more: no configuration "
+            "can be tried; give a squeeze_ratio yourself or pick a wider backbone"
+        )
     if chosen is None:
         message = (f"no configuration fits under {100 * cap:.1f}% of {backbone}'s {backbone_flops / 1e9:.3f} GFLOPs "
                    f"(smallest tried adds {candidates['share_pct'].min():.1f}%): raise the cap")

@@ -172,6 +172,14 @@ def _check_paths(outputs: Sequence[str], plots: Sequence[str]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = dict(args.settings) if hasattr(args, "settings") else {}
+    if settings:
+        from .config import MSCSAConfig
+
+        known = set(MSCSAConfig.__dataclass_fields__) - {"extra"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"--set takes MSCSA settings only ({', '.join(sorted(known))}); not {unknown}: "
+                              "use the command's own options for input size, task, batch...")
     if args.command == "profiles":
         from .profiles import list_profiles
 
@@ -238,10 +246,10 @@ def _run(args: argparse.Namespace) -> int:
             table = throughput_comparison(names, args.input, settings, args.task, fast=not args.no_fast,
                                           progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr))
         else:
-            from .architecture import build_model
+            from .architecture import build_named_model
             from .latency import component_latency
 
-            model = build_model(args.name, None, args.task, args.input)
+            model = build_named_model(args.name, args.task, args.input)
             table = component_latency(model, args.input, settings).to_table()
         print(table.to_markdown(args.precision_digits))
         for path in _write_outputs(table, args.output, args.plot, args.precision_digits):
@@ -270,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except (ConfigError, ValueError, RuntimeError, KeyError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, RuntimeError, KeyError, TypeError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ what the paper blames for MSCSA's runtime overhead.
 """
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -95,7 +96,7 @@ def component_latency(
     all_components = model_components(model)
     share_of = {id(c): 100.0 * row.flops / report.total_flops for c, row in zip(all_components, report.rows)}
     components = [c for c in all_components if c.level <= max_level]
-    model = model.eval().to(device)
+    model = copy.deepcopy(model).eval().to(device)  # the caller's model keeps its device and layout
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     if settings.channels_last:
         model = model.to(memory_format=memory_format)

@@ -40,9 +40,24 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SAMPLES = ASSETS / "samples"
 
 
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / "mscsa_lab_outputs"
+OUTPUT_MAX_AGE_S = 3600
+
+
 def output_dir(prefix: str) -> Path:
-    """A fresh folder for files a user downloads (under the system temp dir, which Gradio serves)."""
-    return Path(tempfile.mkdtemp(prefix=f"mscsa_{prefix}_"))
+    """A fresh folder for files a user downloads. Folders older than an hour are removed first,
+    so a long-running app does not fill the disk (Gradio keeps its own copies of served files)."""
+    import shutil
+
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUT_ROOT.iterdir():
+        try:
+            if old.is_dir() and now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}_", dir=OUTPUT_ROOT))
 
 
 def _blank(value: Any) -> bool:
@@ -183,15 +198,25 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
     if not names:
         raise ConfigError("pick at least one backbone to benchmark")
     resolve_device(device)
-    settings = BenchmarkSettings(device=device, batch=int(batch), precision=precision, channels_last=bool(channels_last),
-                                 warmup=2, steps=int(steps), repeats=int(repeats)).validate()
+    counts = {}
+    for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
+        if _blank(value):
+            raise ConfigError(f"{name} is empty: give a whole number of at least 1")
+        number = _number(name, value)
+        if number != int(number):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        counts[name] = int(number)
+    settings = BenchmarkSettings(device=device, precision=precision, channels_last=bool(channels_last), warmup=2,
+                                 **counts).validate()
     size = parse_input_size(input_size, input_size)
     table = throughput_comparison(names, size, settings, progress=progress)
     folder = output_dir("benchmark")
     files = _write_all(table, folder / "fps", plot_throughput(table.frame, table.title))
     latency_frame, latency_figure = None, None
     if latency_model:
-        model = build_model(latency_model, None, "classification", size)
+        from .architecture import build_named_model
+
+        model = build_named_model(latency_model, "classification", size)
         latency = component_latency(model, size, settings).to_table()
         files += _write_all(latency, folder / "latency", plot_latency(latency.frame, latency.title))
         latency_frame = latency.frame.round(3)
@@ -276,8 +301,15 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
     model, classes, size = _saliency_model(source, form, checkpoint)
     prepared = prepare_image(image, size, fit=fit, **preprocessing_for(model, _demo()[1] if source == "demo" else None))
     target_index = None
-    if not _blank(target) and target != "top-1":
-        target_index = classes.index(target) if target in classes else int(target)
+    if not _blank(target) and str(target).strip() != "top-1":
+        text = str(target).strip()
+        if text in classes:
+            target_index = classes.index(text)
+        elif text.lstrip("-").isdigit():
+            target_index = int(text)
+        else:
+            raise ConfigError(f"target class {text!r} is neither a class name ({', '.join(classes[:10])}"
+                              f"{'...' if len(classes) > 10 else ''}) nor an index")
     grid_query = None
     if query is not None:
         grid_h, grid_w = _mscsa_grid(model, size)

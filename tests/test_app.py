@@ -131,7 +131,7 @@ def test_listens_on_localhost_by_default(monkeypatch):
 
     monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
     mscsa_app.main([])
-    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["max_file_size"] == "20mb"
+    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["max_file_size"] == "512mb"
     with pytest.warns(UserWarning, match="listening beyond this machine"):
         mscsa_app.main(["--host", "0.0.0.0"])
     assert seen["server_name"] == "0.0.0.0"
@@ -140,3 +140,21 @@ def test_listens_on_localhost_by_default(monkeypatch):
 def test_workflow_forms_reject_fractions():
     with pytest.raises(ValueError, match="depth must be a whole number"):
         workflows.ModelForm(depth=1.5).settings()
+
+
+def test_workflow_messages_for_blank_and_unknown_values(tmp_path):
+    with pytest.raises(ValueError, match="batch is empty"):
+        workflows.benchmark_action(["resnet18"], "cpu", "fp32", None, False, 1, 1, 64)
+    with pytest.raises(ValueError, match="target class 'zebra' is neither a class name"):
+        workflows.saliency_action(str(SAMPLE), "gradxact", ["key"], target="zebra")
+
+
+def test_output_folders_older_than_an_hour_are_removed():
+    import os
+    import time
+
+    old = workflows.output_dir("old")
+    stale = time.time() - 2 * workflows.OUTPUT_MAX_AGE_S
+    os.utime(old, (stale, stale))
+    fresh = workflows.output_dir("new")
+    assert fresh.is_dir() and not old.exists()

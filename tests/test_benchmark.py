@@ -194,3 +194,11 @@ def test_throughput_comparison_table():
     assert 0 < row["MSCSA share of FLOPs (%)"] < 100
     assert row["Drop below paper"] == "-"  # ResNet-18 is not in the paper's Table 6
     assert table.metadata["steps"] == 1 and "CPU" in table.metadata["device"]
+
+
+def test_latency_leaves_the_callers_model_alone():
+    model = create_mscsa_model("pvt_v2_b0", num_classes=10).eval()
+    component_latency(model, (64, 64), BenchmarkSettings(device="cpu", batch=1, warmup=0, steps=1, repeats=1,
+                                                         channels_last=True))
+    weight = model.mscsa.blocks[0].attn1.query.conv.weight
+    assert weight.device.type == "cpu" and weight.is_contiguous()

@@ -212,3 +212,20 @@ def test_cli_errors_and_help(tmp_path, capsys):
     for option in ("--backbone", "--batch", "--level", "--input", "--task", "--set", "--convention", "--output",
                    "--plot", "--precision"):
         assert option in help_text
+
+
+def test_cli_review_fixes(capsys):
+    # --set takes MSCSA settings only; clashing keys get a message, not a traceback
+    assert cli_main(["compare", "resnet18", "--set", "task=dense"]) == 2
+    assert "--set takes MSCSA settings only" in capsys.readouterr().err
+    # latency accepts any timm backbone, not just profiles
+    assert cli_main(["latency", "resnet18", "--device", "cpu", "--batch", "1", "--warmup", "0", "--steps", "1",
+                     "--repeats", "1", "--input", "64"]) == 0
+    assert "CSA 1 (block 1)" in capsys.readouterr().out
+
+
+def test_budget_on_backbones_too_narrow_to_squeeze():
+    from mscsa_lab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="too narrow to squeeze"):
+        fit_flops_budget("mobilenetv3_small_050", 0.1, (64, 64))
