@@ -14,7 +14,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .plots import save_figure  # noqa: E402
 from .saliency import SaliencyResult  # noqa: E402
 
 __all__ = ["normalise", "overlay", "saliency_grid", "head_grid", "attention_mass_chart", "save_maps",
@@ -138,6 +137,3 @@ def save_maps(result: SaliencyResult, path: str | Path) -> Path:
         raise ValueError(f"raw maps are saved as .npz or .npy, not {path.suffix or 'no suffix'!r}")
     return path
 
-
-def save_grid(figure: plt.Figure, path: str | Path) -> Path:
-    return save_figure(figure, path)

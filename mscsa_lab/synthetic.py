@@ -11,10 +11,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CLASSES", "SyntheticSample", "make_sample", "SyntheticShapes"]
+__all__ = ["CLASSES", "SyntheticSample", "make_sample"]
 
 CLASSES = ("circle", "square", "triangle", "cross", "star")
 
@@ -106,22 +105,3 @@ def make_sample(index: int, seed: int = 0, size: int = 128, min_fraction: float 
            min(size, int(math.ceil(cy + radius)) + 1))
     return SyntheticSample(pixels, label, box, fraction)
 
-
-class SyntheticShapes(torch.utils.data.Dataset):
-    """``length`` samples starting at ``offset`` (disjoint offsets give disjoint splits)."""
-
-    def __init__(self, length: int, seed: int = 0, offset: int = 0, size: int = 128, augment: bool = False,
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> None:
-        self.length, self.seed, self.offset, self.size, self.augment = length, seed, offset, size, augment
-        self.mean = torch.tensor(mean)[:, None, None]
-        self.std = torch.tensor(std)[:, None, None]
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        sample = make_sample(self.offset + index, self.seed, self.size)
-        tensor = torch.from_numpy(sample.image).permute(2, 0, 1).float().div(255.0)
-        if self.augment and (self.offset + index) % 2:
-            tensor = tensor.flip(-1)
-        return (tensor - self.mean) / self.std, sample.label
