@@ -38,7 +38,8 @@ def _backbone_stage_paths(model: MSCSANet) -> list[tuple[int, str]]:
     paths = []
     for stage, index in enumerate(model.backbone.stage_indices, start=1):
         name = names[index]
-        for candidate in (name.replace(".", "_"), name):
+        # FeatureListNet flattens names (stages.0 -> stages_0); FeatureGetterNet keeps them under model.
+        for candidate in (name.replace(".", "_"), name, f"model.{name}"):
             if candidate in existing:
                 paths.append((stage, f"backbone.model.{candidate}"))
                 break

@@ -190,6 +190,9 @@ def test_new_table7_rows_profile_benchmark_and_render(name):
     model = create_mscsa_model(name, img_size=(96, 96), num_classes=5).eval()
     report = profile_model(model, (96, 96))
     assert report.row("CSA 1 (block 1)").flops > 0 and report.row("backbone").flops > 0
+    stages = [report.row(f"stage {i}") for i in range(1, 5)]
+    assert all(stage.flops > 0 for stage in stages)
+    assert sum(s.flops for s in stages) + report.row("stem and other").flops == report.row("backbone").flops
     fps = measure_fps(model, (96, 96), BenchmarkSettings(device="cpu", warmup=0, steps=1, repeats=1))
     assert fps.fps_median > 0
     result = compute_saliency(model, torch.randn(1, 3, 96, 96), "norm", "value")
