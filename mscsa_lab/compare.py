@@ -89,8 +89,13 @@ def measure_pair(
     **settings: Any,
 ) -> ModelPair:
     """Build the backbone alone and with MSCSA and count both."""
-    height, width = parse_input_size(*input_size)
-    label, profile, base, model = build_pair(name, (height, width), task, **settings)
+    size = parse_input_size(*input_size)
+    return _measure_built(*build_pair(name, size, task, **settings), size, task, batch)
+
+
+def _measure_built(label: str, profile: Profile | None, base: torch.nn.Module, model: torch.nn.Module,
+                   size: tuple[int, int], task: str, batch: int = 1) -> ModelPair:
+    height, width = size
     x = torch.zeros(batch, 3, height, width)
     flops, uncounted = _count(base, x)
     flops_mscsa, uncounted_mscsa = _count(model, x)
@@ -199,8 +204,8 @@ def throughput_comparison(
     rows, notes, device = [], [], ""
     nan = float("nan")
     for index, name in enumerate(names):
-        pair = measure_pair(name, size, task)
         label, profile, base, model = build_pair(name, size, task)
+        pair = _measure_built(label, profile, base, model, size, task)
         models = {"backbone": base, "+MSCSA": model}
         if fast:
             models["+MSCSA fast"] = make_fast(model, channels_last=settings.channels_last)

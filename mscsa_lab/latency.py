@@ -8,6 +8,7 @@ what the paper blames for MSCSA's runtime overhead.
 from __future__ import annotations
 
 import copy
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -55,8 +56,6 @@ class _Stopwatch:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
-        import time
-
         return time.perf_counter()
 
     def pre_hook(self, path: str) -> Callable:

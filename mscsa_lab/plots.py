@@ -1,32 +1,39 @@
-"""Figures for the profiler and the comparison tables (matplotlib, headless), as PNG or SVG."""
+"""Figures for the profiler and the comparison tables (matplotlib, headless), as PNG or SVG.
+
+Figures are plain ``matplotlib.figure.Figure`` objects, not pyplot ones: nothing is registered in
+pyplot's global state, so a long-running app frees each figure when it is no longer referenced.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 __all__ = ["plot_component_breakdown", "plot_comparison", "plot_latency", "plot_throughput", "save_figure",
-           "FIGURE_FORMATS"]
+           "new_figure", "FIGURE_FORMATS"]
 
 FIGURE_FORMATS = (".png", ".svg")
 
 
-def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
+    """A (figure, axes) pair like ``plt.subplots``, without pyplot."""
+    figsize = kwargs.pop("figsize", None)
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FIGURE_FORMATS:
         raise ValueError(f"figures are written as {' or '.join(FIGURE_FORMATS)}, not {path.suffix or 'no suffix'!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(figure)
     return path
 
 
-def plot_component_breakdown(frame: pd.DataFrame, title: str = "", mscsa_only: bool = False) -> plt.Figure:
+def plot_component_breakdown(frame: pd.DataFrame, title: str = "", mscsa_only: bool = False) -> Figure:
     """Horizontal bars of each top-level component's share of FLOPs and of parameters.
 
     ``frame`` is ``ProfileReport.to_frame()``; ``mscsa_only`` leaves the backbone out so the MSCSA
@@ -36,7 +43,7 @@ def plot_component_breakdown(frame: pd.DataFrame, title: str = "", mscsa_only: b
     if mscsa_only:
         rows = rows[rows["Group"] != "backbone"]
     rows = rows.iloc[::-1]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(rows) + 1.5), sharey=True)
+    figure, axes = new_figure(1, 2, figsize=(11, 0.35 * len(rows) + 1.5), sharey=True)
     y = np.arange(len(rows))
     for axis, column, colour in ((axes[0], "FLOPs share (%)", "#1f77b4"), (axes[1], "Params share (%)", "#ff7f0e")):
         values = rows[column].to_numpy()
@@ -51,12 +58,12 @@ def plot_component_breakdown(frame: pd.DataFrame, title: str = "", mscsa_only: b
     return figure
 
 
-def plot_comparison(frame: pd.DataFrame, title: str = "") -> plt.Figure:
+def plot_comparison(frame: pd.DataFrame, title: str = "") -> Figure:
     """FLOPs of each backbone alone and with MSCSA (bars), the paper's figures as markers."""
     models = frame["Model"].tolist()
     x = np.arange(len(models))
     width = 0.38
-    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(models) + 2), 4))
+    figure, axis = new_figure(figsize=(max(6, 1.2 * len(models) + 2), 4))
     axis.bar(x - width / 2, frame["FLOPs (G)"], width, label="backbone (measured)")
     axis.bar(x + width / 2, frame["+MSCSA FLOPs (G)"], width, label="+MSCSA (measured)")
     if "Paper FLOPs (G)" in frame:
@@ -73,7 +80,7 @@ def plot_comparison(frame: pd.DataFrame, title: str = "") -> plt.Figure:
     return figure
 
 
-def plot_latency(frame: pd.DataFrame, title: str = "", mscsa_only: bool = True) -> plt.Figure:
+def plot_latency(frame: pd.DataFrame, title: str = "", mscsa_only: bool = True) -> Figure:
     """Each top-level component's share of time beside its share of FLOPs (``LatencyReport.frame``).
     Bars of time well above FLOPs mark memory- or launch-bound parts."""
     rows = frame[(frame["Level"] == 0)]
@@ -82,7 +89,7 @@ def plot_latency(frame: pd.DataFrame, title: str = "", mscsa_only: bool = True) 
     rows = rows.iloc[::-1]
     y = np.arange(len(rows))
     height = 0.4
-    figure, axis = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    figure, axis = new_figure(figsize=(8, 0.45 * len(rows) + 1.5))
     axis.barh(y + height / 2, rows["Time share (%)"], height, label="share of time", color="#d62728")
     axis.barh(y - height / 2, rows["FLOPs share (%)"], height, label="share of FLOPs", color="#1f77b4")
     axis.set_yticks(y, rows["Component"].tolist(), fontsize=8)
@@ -93,13 +100,13 @@ def plot_latency(frame: pd.DataFrame, title: str = "", mscsa_only: bool = True) 
     return figure
 
 
-def plot_throughput(frame: pd.DataFrame, title: str = "") -> plt.Figure:
+def plot_throughput(frame: pd.DataFrame, title: str = "") -> Figure:
     """FPS drop from adding MSCSA (reference and fast path) per backbone, the paper's beside."""
     models = frame["Model"].tolist()
     x = np.arange(len(models))
     columns = [c for c in ("dFPS (%)", "dFPS fast (%)", "Paper dFPS (%)") if c in frame]
     width = 0.8 / len(columns)
-    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(models) + 2), 4))
+    figure, axis = new_figure(figsize=(max(6, 1.2 * len(models) + 2), 4))
     for index, column in enumerate(columns):
         axis.bar(x + (index - (len(columns) - 1) / 2) * width, frame[column].fillna(0), width, label=column)
     axis.axhline(0, color="black", linewidth=0.8)

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .saliency import SaliencyResult  # noqa: E402
+from .plots import new_figure
+from .saliency import SaliencyResult
 
 __all__ = ["normalise", "overlay", "saliency_grid", "head_grid", "attention_mass_chart", "save_maps",
            "PERCEPTUAL_CMAPS"]
@@ -52,11 +51,11 @@ def _row_label(result: SaliencyResult, class_names: Sequence[str] | None) -> str
 
 
 def saliency_grid(image: np.ndarray, results: Sequence[SaliencyResult], cmap: str = "inferno",
-                  alpha: float = 0.55, class_names: Sequence[str] | None = None) -> plt.Figure:
+                  alpha: float = 0.55, class_names: Sequence[str] | None = None) -> Figure:
     """image | scale 0 | scale 1 | scale 2 — one row per result (e.g. K and V)."""
     _check_cmap(cmap)
     columns = 1 + max(len(r.maps) for r in results)
-    figure, axes = plt.subplots(len(results), columns, figsize=(3.0 * columns + 0.8, 3.3 * len(results)), squeeze=False)
+    figure, axes = new_figure(len(results), columns, figsize=(3.0 * columns + 0.8, 3.3 * len(results)), squeeze=False)
     figure.suptitle(f"MSCSA block {results[0].block}, CSA layer {results[0].layer}", fontsize=11)
     for row, result in enumerate(results):
         axes[row, 0].imshow(image)
@@ -80,14 +79,14 @@ def saliency_grid(image: np.ndarray, results: Sequence[SaliencyResult], cmap: st
     return figure
 
 
-def head_grid(image: np.ndarray, result: SaliencyResult, cmap: str = "inferno", alpha: float = 0.55) -> plt.Figure:
+def head_grid(image: np.ndarray, result: SaliencyResult, cmap: str = "inferno", alpha: float = 0.55) -> Figure:
     """One row per head, one column per scale (methods with per-head maps: norm, attention, query)."""
     _check_cmap(cmap)
     if result.head_maps is None:
         raise ValueError(f"{result.method} has no per-head maps: use norm, attention or query")
     heads = result.head_maps[0].shape[0]
     scales = len(result.head_maps)
-    figure, axes = plt.subplots(heads, scales, figsize=(2.2 * scales + 0.6, 2.0 * heads), squeeze=False)
+    figure, axes = new_figure(heads, scales, figsize=(2.2 * scales + 0.6, 2.0 * heads), squeeze=False)
     for head in range(heads):
         for scale in range(scales):
             axis = axes[head, scale]
@@ -103,13 +102,13 @@ def head_grid(image: np.ndarray, result: SaliencyResult, cmap: str = "inferno", 
     return figure
 
 
-def attention_mass_chart(result: SaliencyResult) -> plt.Figure:
+def attention_mass_chart(result: SaliencyResult) -> Figure:
     """Stacked bars: for each head (and the mean), the share of attention mass each scale receives."""
     if result.mass_shares is None:
         raise ValueError("attention mass shares come with the attention and query methods")
     shares = np.vstack([result.mass_shares, result.mass_shares.mean(0, keepdims=True)])
     labels = [f"head {i}" for i in range(result.mass_shares.shape[0])] + ["mean"]
-    figure, axis = plt.subplots(figsize=(max(5, 0.6 * len(labels) + 2), 3.5))
+    figure, axis = new_figure(figsize=(max(5, 0.6 * len(labels) + 2), 3.5))
     bottom = np.zeros(len(labels))
     colours = matplotlib.colormaps["viridis"](np.linspace(0.15, 0.85, shares.shape[1]))
     for scale in range(shares.shape[1]):
@@ -120,7 +119,7 @@ def attention_mass_chart(result: SaliencyResult) -> plt.Figure:
     axis.set_ylabel("share of attention mass")
     axis.set_title(f"Attention received per scale (block {result.block}, CSA {result.layer})")
     axis.legend(fontsize=8, loc="upper right")
-    plt.setp(axis.get_xticklabels(), rotation=30, ha="right")
+    axis.tick_params(axis="x", labelrotation=30)
     figure.tight_layout()
     return figure
 

@@ -141,12 +141,7 @@ def _write_all(table, stem: Path, figure=None) -> list[str]:
 
     files = [str(table.write(stem.with_suffix(suffix))) for suffix in (".csv", ".md", ".tex", ".json")]
     if figure is not None:
-        import matplotlib.pyplot as plt
-
-        figure.savefig(stem.with_suffix(".svg"), bbox_inches="tight")
-        files.append(str(stem.with_suffix(".svg")))
-        files.append(str(save_figure(figure, stem.with_suffix(".png"))))
-        plt.close(figure)
+        files += [str(save_figure(figure, stem.with_suffix(suffix))) for suffix in (".svg", ".png")]
     return files
 
 
@@ -161,8 +156,7 @@ def profile_action(form: ModelForm, convention: str = "mac", level: int = 1):
     table.frame = table.frame[table.frame["Level"] <= int(level)].reset_index(drop=True)
     figure = plot_component_breakdown(table.frame, table.title, mscsa_only=True)
     files = _write_all(table, output_dir("profile") / "profile", figure)
-    display = plot_component_breakdown(table.frame, table.title, mscsa_only=True)
-    return table.frame.round(4), display, files, "\n".join(f"- {n}" for n in table.notes)
+    return table.frame.round(4), figure, files, "\n".join(f"- {n}" for n in table.notes)
 
 
 def budget_action(name: str, cap_percent: float, height: int, width: int, task: str = "classification"):
@@ -211,18 +205,18 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
     size = parse_input_size(input_size, input_size)
     table = throughput_comparison(names, size, settings, progress=progress)
     folder = output_dir("benchmark")
-    files = _write_all(table, folder / "fps", plot_throughput(table.frame, table.title))
+    fps_figure = plot_throughput(table.frame, table.title)
+    files = _write_all(table, folder / "fps", fps_figure)
     latency_frame, latency_figure = None, None
     if latency_model:
         from .architecture import build_named_model
 
         model = build_named_model(latency_model, "classification", size)
         latency = component_latency(model, size, settings).to_table()
-        files += _write_all(latency, folder / "latency", plot_latency(latency.frame, latency.title))
-        latency_frame = latency.frame.round(3)
         latency_figure = plot_latency(latency.frame, latency.title)
-    return (device_note(device), table.frame.round(3), plot_throughput(table.frame, table.title), latency_frame,
-            latency_figure, files)
+        files += _write_all(latency, folder / "latency", latency_figure)
+        latency_frame = latency.frame.round(3)
+    return device_note(device), table.frame.round(3), fps_figure, latency_frame, latency_figure, files
 
 
 def compare_action(names: Sequence[str], height: int, width: int, task: str = "classification",
@@ -235,8 +229,9 @@ def compare_action(names: Sequence[str], height: int, width: int, task: str = "c
     if not names:
         raise ConfigError("pick at least one backbone to compare")
     table = compare_backbones(names, parse_input_size(height, width), task, convention=convention)
-    files = _write_all(table, output_dir("compare") / "comparison", plot_comparison(table.frame, table.title))
-    return table.frame.round(3), plot_comparison(table.frame, table.title), files, "\n".join(f"- {n}" for n in table.notes)
+    figure = plot_comparison(table.frame, table.title)
+    files = _write_all(table, output_dir("compare") / "comparison", figure)
+    return table.frame.round(3), figure, files, "\n".join(f"- {n}" for n in table.notes)
 
 
 # ----------------------------------------------------------------------------------- saliency
