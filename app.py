@@ -1,4 +1,4 @@
-"""MSCSA Lab web app. Only wiring lives here: every action is a ``mscsa_lab.workflows`` function.
+"""MSCSA Lab web app. Only wiring lives here: every action is a ``webapp.handlers`` function.
 
     python app.py                 # http://127.0.0.1:7860, this machine only
     python app.py --host 0.0.0.0  # reachable from other machines (prints a warning)
@@ -11,13 +11,13 @@ import warnings
 
 import gradio as gr
 
-from mscsa_lab import workflows
-from mscsa_lab.config import DOWNSAMPLE_STRATEGIES
-from mscsa_lab.profiles import list_profiles
-from mscsa_lab.saliency import METHODS
+from webapp import handlers
+from mscsa_lab.models.config import DOWNSAMPLE_STRATEGIES
+from mscsa_lab.presets import list_profiles
+from mscsa_lab.explain.saliency import METHODS
 
 # Checkpoints are the largest uploads (a 224x224 PVTv2-B1+MSCSA is 75 MB in fp32); images are further
-# limited to 50 MB by mscsa_lab.images.
+# limited to 50 MB by mscsa_lab.io.images.
 MAX_UPLOAD = "512mb"
 
 
@@ -30,7 +30,7 @@ def _user_errors(action):
             return action(*args, **kwargs)
         except gr.Error:
             raise
-        except workflows.USER_ERRORS as error:
+        except handlers.USER_ERRORS as error:
             raise gr.Error(str(error)) from None
 
     return wrapper
@@ -41,56 +41,56 @@ def _profile_choices(available_only: bool = False) -> list[tuple[str, str]]:
             for p in list_profiles() if p.available or not available_only]
 
 
-def _form(*values) -> workflows.ModelForm:
-    return workflows.ModelForm(*values)
+def _form(*values) -> handlers.ModelForm:
+    return handlers.ModelForm(*values)
 
 
 @_user_errors
 def on_build(*values):
     form = _form(*values)
-    return (*workflows.build_action(form), form)
+    return (*handlers.build_action(form), form)
 
 
 @_user_errors
 def on_profile(form, convention, level):
-    return workflows.profile_action(form or workflows.ModelForm(), convention, level)
+    return handlers.profile_action(form or handlers.ModelForm(), convention, level)
 
 
 @_user_errors
 def on_budget(name, cap, height, width, task):
-    return workflows.budget_action(name, cap, height, width, task)
+    return handlers.budget_action(name, cap, height, width, task)
 
 
 @_user_errors
 def on_benchmark(names, device, precision, batch, channels_last, steps, repeats, size, latency_model,
                  progress=gr.Progress()):
     report = lambda fraction, message: progress(fraction, desc=message)  # noqa: E731
-    return workflows.benchmark_action(names, device, precision, batch, channels_last, steps, repeats, size,
+    return handlers.benchmark_action(names, device, precision, batch, channels_last, steps, repeats, size,
                                       latency_model or None, progress=report)
 
 
 @_user_errors
 def on_saliency(image, method, kinds, block, layer, target, fit, source, checkpoint, form):
-    grid, prediction, mass, heads, npz, seconds = workflows.saliency_action(
+    grid, prediction, mass, heads, npz, seconds = handlers.saliency_action(
         image, method, kinds, block, layer, target, None, fit, source, form, checkpoint)
     return grid, f"{prediction} ({seconds:.1f} s)", mass, heads, npz
 
 
 @_user_errors
 def on_upload(image, fit, source, form):
-    return workflows.preview_action(image, fit, source, form)
+    return handlers.preview_action(image, fit, source, form)
 
 
 @_user_errors
 def on_click(image, block, layer, fit, source, checkpoint, form, event: gr.SelectData):
-    grid, prediction, mass, heads, npz, seconds = workflows.saliency_action(
+    grid, prediction, mass, heads, npz, seconds = handlers.saliency_action(
         image, "query", ["attention"], block, layer, None, tuple(event.index), fit, source, form, checkpoint)
     return grid, f"{prediction}; attention of the clicked point ({seconds:.1f} s)", mass, heads, npz
 
 
 @_user_errors
 def on_compare(names, height, width, task, convention):
-    return workflows.compare_action(names, height, width, task, convention)
+    return handlers.compare_action(names, height, width, task, convention)
 
 
 def make_app() -> gr.Blocks:
@@ -154,7 +154,7 @@ def make_app() -> gr.Blocks:
                                 [budget_message, budget_config, budget_table], api_name="budget")
 
         with gr.Tab("Benchmark"):
-            gr.Markdown(workflows.device_note(), elem_id="device-note")
+            gr.Markdown(handlers.device_note(), elem_id="device-note")
             with gr.Row():
                 bench_names = gr.Dropdown(_profile_choices(True), value=["pvt_v2_b0"], multiselect=True, label="Backbones")
                 bench_device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="Device")
@@ -183,11 +183,11 @@ def make_app() -> gr.Blocks:
                         "Click a point on the input to see its attention over each scale.")
             with gr.Row():
                 with gr.Column(scale=1):
-                    # A file input, not gr.Image: every upload goes through mscsa_lab.images, whose errors
+                    # A file input, not gr.Image: every upload goes through mscsa_lab.io.images, whose errors
                     # say what is wrong with a file (gr.Image would fail on it before our code runs).
                     image = gr.File(label="Image (any format Pillow reads, up to 50 MB; or pick a sample below)", type="filepath",
                                     elem_id="saliency-image")
-                    samples = workflows.sample_images()
+                    samples = handlers.sample_images()
                     if samples:
                         gr.Examples(samples, inputs=[image], label="Samples")
                     preview = gr.Image(label="As the model sees it: click a point for its attention", interactive=False,

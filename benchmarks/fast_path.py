@@ -18,10 +18,10 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mscsa_lab.benchmark import BenchmarkSettings, compare_fps  # noqa: E402
+from mscsa_lab.bench.fps import BenchmarkSettings, compare_fps  # noqa: E402
 from mscsa_lab.models.fast import make_fast  # noqa: E402
-from mscsa_lab.models.mscsa_net import create_mscsa_model  # noqa: E402
-from mscsa_lab.profiles import list_profiles  # noqa: E402
+from mscsa_lab.registry import create_mscsa_model  # noqa: E402
+from mscsa_lab.presets import list_profiles  # noqa: E402
 
 
 class OnFixedFeatures(nn.Module):

@@ -5,7 +5,7 @@
     python benchmarks/fps_table.py --device cuda --batch 256 --precision fp16 --channels-last
 
 The backbone alone, +MSCSA (reference modules) and +MSCSA on the fast path are measured
-interleaved in one run (see mscsa_lab.benchmark); the paper's A100 FPS drop is shown beside.
+interleaved in one run (see mscsa_lab.bench.fps); the paper's A100 FPS drop is shown beside.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 
 import torch  # noqa: E402
 
-from mscsa_lab.benchmark import PRECISIONS, BenchmarkSettings  # noqa: E402
-from mscsa_lab.compare import throughput_comparison  # noqa: E402
-from mscsa_lab.profiles import list_profiles  # noqa: E402
+from mscsa_lab.bench.fps import PRECISIONS, BenchmarkSettings  # noqa: E402
+from mscsa_lab.analysis.compare import throughput_comparison  # noqa: E402
+from mscsa_lab.presets import list_profiles  # noqa: E402
 
 
 def main() -> None:

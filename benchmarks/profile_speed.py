@@ -19,9 +19,9 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 
 import torch  # noqa: E402
 
-from mscsa_lab.architecture import build_model  # noqa: E402
-from mscsa_lab.profiler import profile_model  # noqa: E402
-from mscsa_lab.profiles import list_profiles  # noqa: E402
+from mscsa_lab.registry import build_model  # noqa: E402
+from mscsa_lab.analysis.profiler import profile_model  # noqa: E402
+from mscsa_lab.presets import list_profiles  # noqa: E402
 
 
 def main() -> None:

@@ -17,16 +17,16 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 
 import torch  # noqa: E402
 
-from mscsa_lab.checkpoints import load_demo_model  # noqa: E402
-from mscsa_lab.models.mscsa_net import create_mscsa_model  # noqa: E402
-from mscsa_lab.saliency import METHODS, compute_saliency  # noqa: E402
-from mscsa_lab.saliency_eval import evaluate_localisation  # noqa: E402
+from mscsa_lab.io.checkpoints import load_demo_model  # noqa: E402
+from mscsa_lab.registry import create_mscsa_model  # noqa: E402
+from mscsa_lab.explain.saliency import METHODS, compute_saliency  # noqa: E402
+from mscsa_lab.explain.evaluation import evaluate_localisation  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
 
 
 def time_methods(model, size: tuple[int, int], label: str, repeats: int = 3) -> None:
-    from mscsa_lab.images import prepare_image
+    from mscsa_lab.io.images import prepare_image
 
     image = prepare_image(SAMPLE, size).tensor
     for method in METHODS:

@@ -1,6 +1,7 @@
-"""``python -m mscsa_lab``: see ``mscsa_lab.cli``."""
+"""``python -m mscsa_lab`` (the same as the ``mscsa-lab`` command): see ``mscsa_lab.cli``."""
 import sys
 
-from .cli import main
+from mscsa_lab.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError
+from mscsa_lab.models.config import ConfigError
 
 __all__ = ["main", "build_parser"]
 
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_outputs(table, outputs: Sequence[str], plots: Sequence[str], precision: int) -> list[Path]:
-    from .plots import plot_comparison, plot_component_breakdown, plot_latency, plot_throughput, save_figure
+    from mscsa_lab.io.figures import plot_comparison, plot_component_breakdown, plot_latency, plot_throughput, save_figure
 
     written = [table.write(path, precision) for path in outputs]
     for path in plots:
@@ -160,8 +160,8 @@ def _write_outputs(table, outputs: Sequence[str], plots: Sequence[str], precisio
 
 def _check_paths(outputs: Sequence[str], plots: Sequence[str]) -> None:
     """Reject bad output names before minutes of work, not after."""
-    from .export import format_for_path
-    from .plots import FIGURE_FORMATS
+    from mscsa_lab.io.export import format_for_path
+    from mscsa_lab.io.figures import FIGURE_FORMATS
 
     for path in outputs:
         format_for_path(path)
@@ -173,7 +173,7 @@ def _check_paths(outputs: Sequence[str], plots: Sequence[str]) -> None:
 def _run(args: argparse.Namespace) -> int:
     settings = dict(args.settings) if hasattr(args, "settings") else {}
     if settings:
-        from .config import MSCSAConfig
+        from mscsa_lab.models.config import MSCSAConfig
 
         known = set(MSCSAConfig.__dataclass_fields__) - {"extra"}
         unknown = sorted(set(settings) - known)
@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--set takes MSCSA settings only ({', '.join(sorted(known))}); not {unknown}: "
                               "use the command's own options for input size, task, batch...")
     if args.command == "profiles":
-        from .profiles import list_profiles
+        from mscsa_lab.presets import list_profiles
 
         for p in list_profiles():
             state = "available" if p.available else f"not available: {p.unavailable_reason}"
@@ -191,8 +191,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "profile":
-        from .architecture import build_model
-        from .profiler import profile_model
+        from mscsa_lab.registry import build_model
+        from mscsa_lab.analysis.profiler import profile_model
 
         if not args.name and not args.backbone:
             raise ValueError("name a profile (e.g. pvt_v2_b1) or give --backbone NAME")
@@ -207,8 +207,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "compare":
-        from .compare import compare_backbones
-        from .profiles import list_profiles
+        from mscsa_lab.analysis.compare import compare_backbones
+        from mscsa_lab.presets import list_profiles
 
         names = list(args.names) + ([p.name for p in list_profiles() if p.available] if args.all else [])
         if not names:
@@ -221,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "budget":
-        from .budget import fit_flops_budget
+        from mscsa_lab.analysis.budget import fit_flops_budget
 
         result = fit_flops_budget(args.name, args.cap, args.input, args.task, **settings)
         print(result.message)
@@ -230,15 +230,15 @@ def _run(args: argparse.Namespace) -> int:
         return 0 if result.config is not None else 1
 
     if args.command in ("benchmark", "latency"):
-        from .benchmark import BenchmarkSettings
+        from mscsa_lab.bench.fps import BenchmarkSettings
 
         _check_paths(args.output, args.plot)
         settings = BenchmarkSettings(device=args.device, batch=args.batch, precision=args.precision,
                                      channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
                                      steps=args.steps, repeats=args.repeats, threads=args.threads).validate()
         if args.command == "benchmark":
-            from .compare import throughput_comparison
-            from .profiles import list_profiles
+            from mscsa_lab.analysis.compare import throughput_comparison
+            from mscsa_lab.presets import list_profiles
 
             names = list(args.names) + ([p.name for p in list_profiles() if p.available] if args.all else [])
             if not names:
@@ -246,8 +246,8 @@ def _run(args: argparse.Namespace) -> int:
             table = throughput_comparison(names, args.input, settings, args.task, fast=not args.no_fast,
                                           progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr))
         else:
-            from .architecture import build_named_model
-            from .latency import component_latency
+            from mscsa_lab.registry import build_named_model
+            from mscsa_lab.bench.latency import component_latency
 
             model = build_named_model(args.name, args.task, args.input)
             table = component_latency(model, args.input, settings).to_table()
@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "export":
-        from .export import read_table
+        from mscsa_lab.io.export import read_table
 
         _check_paths(args.output, args.plot)
         table = read_table(args.table)

@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mscsa_lab.checkpoints import save_checkpoint  # noqa: E402
-from mscsa_lab.models.mscsa_net import create_mscsa_model  # noqa: E402
-from mscsa_lab.synthetic import CLASSES, make_sample  # noqa: E402
+from mscsa_lab.io.checkpoints import save_checkpoint  # noqa: E402
+from mscsa_lab.registry import create_mscsa_model  # noqa: E402
+from mscsa_lab.data.synthetic import CLASSES, make_sample  # noqa: E402
 
 BACKBONE = "resnet10t"
 BACKBONE_KWARGS = {"channels": [32, 64, 128, 256]}

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from mscsa_lab.synthetic import CLASSES, make_sample  # noqa: E402
+from mscsa_lab.data.synthetic import CLASSES, make_sample  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "assets" / "samples"
 HELD_OUT_OFFSET = 2_000_000  # beyond the demo model's training and held-out ranges

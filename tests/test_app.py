@@ -5,8 +5,8 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app as mscsa_app
-from mscsa_lab import workflows
-from mscsa_lab.export import read_table
+from webapp import handlers
+from mscsa_lab.io.export import read_table
 
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
 
@@ -101,7 +101,7 @@ def test_saliency_tab_bad_inputs(client, tmp_path):
                        api_name="/saliency")
     mismatched = tmp_path / "other.safetensors"
     from mscsa_lab import create_mscsa_model
-    from mscsa_lab.checkpoints import save_checkpoint
+    from mscsa_lab.io.checkpoints import save_checkpoint
 
     save_checkpoint(create_mscsa_model(backbone="resnet18", num_classes=3), mismatched)
     call_build(client, profile="pvt_v2_b0")
@@ -139,22 +139,22 @@ def test_listens_on_localhost_by_default(monkeypatch):
 
 def test_workflow_forms_reject_fractions():
     with pytest.raises(ValueError, match="depth must be a whole number"):
-        workflows.ModelForm(depth=1.5).settings()
+        handlers.ModelForm(depth=1.5).settings()
 
 
 def test_workflow_messages_for_blank_and_unknown_values(tmp_path):
     with pytest.raises(ValueError, match="batch is empty"):
-        workflows.benchmark_action(["resnet18"], "cpu", "fp32", None, False, 1, 1, 64)
+        handlers.benchmark_action(["resnet18"], "cpu", "fp32", None, False, 1, 1, 64)
     with pytest.raises(ValueError, match="target class 'zebra' is neither a class name"):
-        workflows.saliency_action(str(SAMPLE), "gradxact", ["key"], target="zebra")
+        handlers.saliency_action(str(SAMPLE), "gradxact", ["key"], target="zebra")
 
 
 def test_output_folders_older_than_an_hour_are_removed():
     import os
     import time
 
-    old = workflows.output_dir("old")
-    stale = time.time() - 2 * workflows.OUTPUT_MAX_AGE_S
+    old = handlers.output_dir("old")
+    stale = time.time() - 2 * handlers.OUTPUT_MAX_AGE_S
     os.utime(old, (stale, stale))
-    fresh = workflows.output_dir("new")
+    fresh = handlers.output_dir("new")
     assert fresh.is_dir() and not old.exists()

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.benchmark import BenchmarkSettings, compare_fps, measure_fps, resolve_device
-from mscsa_lab.latency import component_latency
+from mscsa_lab.bench.fps import BenchmarkSettings, compare_fps, measure_fps, resolve_device
+from mscsa_lab.bench.latency import component_latency
 
 
 class FakeClock:
@@ -135,7 +135,7 @@ def test_component_latency_covers_every_part():
 
 # ------------------------------------------------------------------------------- fast path
 from conftest import randomize_batchnorm  # noqa: E402
-from mscsa_lab.config import MSCSAConfig  # noqa: E402
+from mscsa_lab.models.config import MSCSAConfig  # noqa: E402
 from mscsa_lab.models.fast import FastCrossScaleAttention, FastIntraFFN, make_fast  # noqa: E402
 from mscsa_lab.models.mscsa import MSCSA  # noqa: E402
 
@@ -183,7 +183,7 @@ def test_fast_path_matches_reference_model(task):
 
 
 def test_throughput_comparison_table():
-    from mscsa_lab.compare import throughput_comparison
+    from mscsa_lab.analysis.compare import throughput_comparison
 
     settings = BenchmarkSettings(device="cpu", batch=2, warmup=1, steps=1, repeats=2)
     table = throughput_comparison(["resnet18"], (64, 64), settings)

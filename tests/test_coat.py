@@ -4,8 +4,8 @@ import timm
 import torch
 
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.compare import measure_pair
-from mscsa_lab.profiles import load_profile
+from mscsa_lab.analysis.compare import measure_pair
+from mscsa_lab.presets import load_profile
 
 # Published: CoaT paper (Xu et al., 2021) for the baselines; MSCSA paper's Table 6 for +MSCSA.
 PUBLISHED = {"coat_tiny": dict(flops=4.4, params=5.5, flops_mscsa=4.4),

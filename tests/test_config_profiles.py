@@ -2,7 +2,7 @@
 import pytest
 
 from mscsa_lab import ConfigError, MSCSAConfig, ProfileError, ProfileUnavailable, create_mscsa_model
-from mscsa_lab.profiles import list_profiles, load_profile, load_profile_file
+from mscsa_lab.presets import list_profiles, load_profile, load_profile_file
 
 TABLE7 = {
     # name: (pool, squeeze, depth, heads, d, mlp)

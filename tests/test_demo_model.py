@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from mscsa_lab.checkpoints import DEMO_METADATA, DEMO_WEIGHTS, load_demo_model
-from mscsa_lab.saliency_eval import evaluate_localisation
-from mscsa_lab.synthetic import CLASSES
+from mscsa_lab.io.checkpoints import DEMO_METADATA, DEMO_WEIGHTS, load_demo_model
+from mscsa_lab.explain.evaluation import evaluate_localisation
+from mscsa_lab.data.synthetic import CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import timm
 import torch
 
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.flops import count_flops, flop_analysis, sdpa_flop_jit
+from mscsa_lab.analysis.flops import count_flops, flop_analysis, sdpa_flop_jit
 
 
 def test_table1_one_block_of_pvt_v2_b1_mscsa_at_224():
@@ -66,7 +66,7 @@ def test_sdpa_flop_formula():
 @pytest.mark.parametrize("profile", ["pvt_v2_b0", "resnet50"])
 def test_table6_flops_with_and_without_mscsa(profile):
     """Table 6 of the paper at 224x224: the backbone alone and with MSCSA, within 5%."""
-    from mscsa_lab.profiles import load_profile
+    from mscsa_lab.presets import load_profile
 
     spec = load_profile(profile)
     x = torch.randn(1, 3, 224, 224)

@@ -9,7 +9,7 @@ import torch
 from conftest import randomize_batchnorm
 from mscsa_lab import BackboneError, ConfigError, PretrainedWeightsUnavailable, create_mscsa_model
 from mscsa_lab.models.layers import ConvBN
-from mscsa_lab.profiles import list_profiles
+from mscsa_lab.presets import list_profiles
 
 AVAILABLE = [p for p in list_profiles() if p.available]
 
@@ -183,9 +183,9 @@ def test_pretrained_weights_local_file_or_clear_error(tmp_path):
                                   "shunted_tiny"])
 def test_new_table7_rows_profile_benchmark_and_render(name):
     """The six backbones timm lacks (or builds differently) go through every tool."""
-    from mscsa_lab.benchmark import BenchmarkSettings, measure_fps
-    from mscsa_lab.profiler import profile_model
-    from mscsa_lab.saliency import compute_saliency
+    from mscsa_lab.bench.fps import BenchmarkSettings, measure_fps
+    from mscsa_lab.analysis.profiler import profile_model
+    from mscsa_lab.explain.saliency import compute_saliency
 
     model = create_mscsa_model(name, img_size=(96, 96), num_classes=5).eval()
     report = profile_model(model, (96, 96))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import randomize_batchnorm
-from mscsa_lab.config import MSCSAConfig
+from mscsa_lab.models.config import MSCSAConfig
 from mscsa_lab.models.layers import ConvBN
 from mscsa_lab.models.mscsa import (
     FFN,

@@ -7,7 +7,7 @@ import torch
 
 import mscsa_lab.models.p2t  # noqa: F401 - registers p2t_tiny with timm
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.flops import count_flops, flop_analysis
+from mscsa_lab.analysis.flops import count_flops, flop_analysis
 from mscsa_lab.models.p2t import P2T, pooled_sizes
 
 CHANNELS = [48, 96, 240, 384]

@@ -9,12 +9,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.budget import fit_flops_budget
+from mscsa_lab.analysis.budget import fit_flops_budget
 from mscsa_lab.cli import main as cli_main
-from mscsa_lab.compare import compare_backbones
-from mscsa_lab.export import read_table
-from mscsa_lab.flops import flop_analysis
-from mscsa_lab.profiler import profile_model
+from mscsa_lab.analysis.compare import compare_backbones
+from mscsa_lab.io.export import read_table
+from mscsa_lab.analysis.flops import flop_analysis
+from mscsa_lab.analysis.profiler import profile_model
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_cli_review_fixes(capsys):
 
 
 def test_budget_on_backbones_too_narrow_to_squeeze():
-    from mscsa_lab.config import ConfigError
+    from mscsa_lab.models.config import ConfigError
 
     with pytest.raises(ConfigError, match="too narrow to squeeze"):
         fit_flops_budget("mobilenetv3_small_050", 0.1, (64, 64))

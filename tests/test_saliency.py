@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.checkpoints import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
-from mscsa_lab.images import ImageError, load_image, prepare_image
-from mscsa_lab.render import attention_mass_chart, head_grid, overlay, saliency_grid, save_maps
-from mscsa_lab.saliency import KVTaps, SaliencyError, compute_saliency, select_layer
+from mscsa_lab.io.checkpoints import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
+from mscsa_lab.io.images import ImageError, load_image, prepare_image
+from mscsa_lab.explain.render import attention_mass_chart, head_grid, overlay, saliency_grid, save_maps
+from mscsa_lab.explain.saliency import KVTaps, SaliencyError, compute_saliency, select_layer
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_rendering_and_raw_maps(tmp_path, small_model, image_tensor):
     values = compute_saliency(small_model, image_tensor, "norm", "value")
     figure = saliency_grid(display, [keys, values], class_names=list("abcde"))
     assert len(figure.axes) == 2 * 4 + 2  # 2 rows x (image + 3 scales) + a colorbar per row
-    from mscsa_lab.plots import save_figure
+    from mscsa_lab.io.figures import save_figure
 
     png = save_figure(figure, tmp_path / "grid.png")
     assert Image.open(png).size[0] > 600
@@ -247,7 +247,7 @@ def _touch(path):
 
 
 def test_preprocessing_follows_the_backbones_timm_config():
-    from mscsa_lab.workflows import preprocessing_for
+    from webapp.handlers import preprocessing_for
 
     model = create_mscsa_model(backbone="resnet18", config=dict(squeeze_ratio=0.25, num_heads=2, key_dim=8))
     import timm

@@ -5,7 +5,7 @@ import torch
 
 import mscsa_lab
 import mscsa_lab.models.shunted  # noqa: F401 - registers shunted_tiny with timm
-from mscsa_lab.flops import count_flops
+from mscsa_lab.analysis.flops import count_flops
 from mscsa_lab.models.shunted import ShuntedTransformer
 
 # Ren et al., CVPR 2022, Table (ImageNet-1k, 224x224): Shunted-T 11.5 M params, 2.1 GFLOPs.

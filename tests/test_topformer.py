@@ -5,7 +5,7 @@ import torch
 
 import mscsa_lab
 import mscsa_lab.models.topformer  # noqa: F401 - registers topformer_tiny / topformer_base
-from mscsa_lab.flops import count_flops
+from mscsa_lab.analysis.flops import count_flops
 from mscsa_lab.models.topformer import TopFormer, TopFormerSeg
 
 NAMES = ["topformer_tiny", "topformer_base"]

@@ -1,10 +1,13 @@
-"""MSCSA model code: the module (``mscsa``), timm backbone stages (``backbones``) and the
-registered backbone+MSCSA models (``mscsa_net``). Importing this package registers the models
-with timm, so ``timm.create_model("pvt_v2_b1_mscsa")`` works after ``import mscsa_lab``."""
-from . import coat, p2t, shunted, topformer  # noqa: F401 - register the backbones timm lacks
-from .backbones import BackboneError, PretrainedWeightsUnavailable, StageFeatures, find_local_weights
-from .layers import ConvBN, fuse_modules
-from .mscsa import (
+"""Model code only: the MSCSA module (``mscsa``), its configuration (``config``), building blocks
+(``layers``), timm backbone stages (``backbones``), backbone+MSCSA (``mscsa_net``), the fast
+inference path (``fast``) and the paper's backbones timm lacks (``topformer``, ``p2t``, ``shunted``,
+``coat``; importing this package registers them with timm). Presets and the ``*_mscsa`` timm names
+live in ``mscsa_lab.registry``."""
+from mscsa_lab.models import coat, p2t, shunted, topformer  # noqa: F401 - register the backbones timm lacks
+from mscsa_lab.models.backbones import BackboneError, PretrainedWeightsUnavailable, StageFeatures
+from mscsa_lab.models.config import ABLATION_PRESETS, ConfigError, MSCSAConfig
+from mscsa_lab.models.layers import ConvBN, fuse_modules
+from mscsa_lab.models.mscsa import (
     MSCSA,
     ClassificationHead,
     CrossScaleAttention,
@@ -15,4 +18,4 @@ from .mscsa import (
     MultiStageAggregation,
     scale_sizes,
 )
-from .mscsa_net import MSCSANet, create_mscsa_model
+from mscsa_lab.models.mscsa_net import MSCSANet

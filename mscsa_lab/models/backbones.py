@@ -18,6 +18,7 @@ __all__ = [
     "BackboneError",
     "PretrainedWeightsUnavailable",
     "find_local_weights",
+    "create_timm_model",
     "MSCSA_STRIDES",
 ]
 
@@ -80,6 +81,18 @@ def _resolve_pretrained(backbone: str, pretrained: bool, pretrained_file: str | 
     return dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(local)))
 
 
+def create_timm_model(name: str, img_size: int | tuple[int, int] | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` with ``img_size`` passed only to models whose constructor takes it
+    (Swin's windows are built for one input size; most models take any size and no ``img_size``)."""
+    if img_size is not None:
+        try:
+            return timm.create_model(name, img_size=img_size, **kwargs)
+        except TypeError as error:
+            if "img_size" not in str(error):
+                raise
+    return timm.create_model(name, **kwargs)
+
+
 class StageFeatures(nn.Module):
     """A timm backbone returning its four stage maps at strides 4..32, always NCHW.
 
@@ -106,7 +119,7 @@ class StageFeatures(nn.Module):
             raise BackboneError(f"unknown timm backbone {backbone!r}.{hint}")
         weight_kwargs = _resolve_pretrained(backbone, pretrained, pretrained_file)
         try:
-            model = self._create(backbone, img_size, **weight_kwargs, **backbone_kwargs)
+            model = create_timm_model(backbone, img_size, features_only=True, **weight_kwargs, **backbone_kwargs)
         except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as error:
             if weight_kwargs.get("pretrained"):
                 raise PretrainedWeightsUnavailable(
@@ -130,16 +143,6 @@ class StageFeatures(nn.Module):
         self.nhwc = str(getattr(model, "output_fmt", "NCHW")).upper().endswith("NHWC")
         self.name = backbone
         self.model = model
-
-    @staticmethod
-    def _create(backbone: str, img_size, **kwargs) -> nn.Module:
-        if img_size is not None:
-            try:
-                return timm.create_model(backbone, features_only=True, img_size=img_size, **kwargs)
-            except TypeError as error:
-                if "img_size" not in str(error):
-                    raise
-        return timm.create_model(backbone, features_only=True, **kwargs)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = self.model(x)

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBN, fuse_modules
-from .mscsa import FFN, CrossScaleAttention, IntraFFN, MSCSABlock
+from mscsa_lab.models.layers import ConvBN, fuse_modules
+from mscsa_lab.models.mscsa import FFN, CrossScaleAttention, IntraFFN, MSCSABlock
 
 __all__ = ["FastCrossScaleAttention", "FastFFN", "FastIntraFFN", "FastMSCSABlock", "make_fast"]
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from ..config import MSCSAConfig
-from .layers import ConvBN, Fusable, fold_bn_into_linear, fuse_modules, make_activation
+from mscsa_lab.models.config import MSCSAConfig
+from mscsa_lab.models.layers import ConvBN, Fusable, fold_bn_into_linear, fuse_modules, make_activation
 
 __all__ = [
     "CrossScaleAttention",

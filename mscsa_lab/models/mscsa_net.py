@@ -14,16 +14,14 @@ import os
 from typing import Any
 
 import torch
-from timm.models import register_model
 from torch import nn
 
-from ..config import ConfigError, MSCSAConfig
-from ..profiles import Profile, load_profile
-from .backbones import StageFeatures
-from .layers import Fusable, fuse_modules
-from .mscsa import MSCSA, ClassificationHead, DenseFusion
+from mscsa_lab.models.config import ConfigError, MSCSAConfig
+from mscsa_lab.models.backbones import StageFeatures
+from mscsa_lab.models.layers import Fusable, fuse_modules
+from mscsa_lab.models.mscsa import MSCSA, ClassificationHead, DenseFusion
 
-__all__ = ["MSCSANet", "create_mscsa_model", "TASKS"]
+__all__ = ["MSCSANet", "TASKS"]
 
 TASKS = ("classification", "dense")
 
@@ -106,7 +104,7 @@ class MSCSANet(nn.Module):
 
     def summary(self, input_size: tuple[int, int] = (224, 224)) -> dict[str, Any]:
         """Architecture facts a user wants before profiling: stages, widths, token counts per scale."""
-        from .mscsa import pooled_size, scale_sizes
+        from mscsa_lab.models.mscsa import pooled_size, scale_sizes
 
         height, width = input_size
         with torch.no_grad():
@@ -138,126 +136,3 @@ class MSCSANet(nn.Module):
             ),
             config=self.config.to_dict(),
         )
-
-
-def create_mscsa_model(
-    profile: str | Profile | None = None,
-    *,
-    backbone: str | None = None,
-    config: MSCSAConfig | dict[str, Any] | None = None,
-    task: str = "classification",
-    num_classes: int = 1000,
-    pretrained: bool = False,
-    pretrained_file: str | os.PathLike | None = None,
-    img_size: int | tuple[int, int] | None = None,
-    backbone_kwargs: dict[str, Any] | None = None,
-    drop_rate: float = 0.0,
-    **overrides: Any,
-) -> MSCSANet:
-    """Build backbone+MSCSA from a Table 7 profile, or from any timm backbone and a custom config.
-
-    ``overrides`` change single MSCSA settings of the profile (``depth=2``, ``squeeze_ratio="1/2"``).
-    ``img_size`` is the input size for backbones built for one size (Swin); others ignore it.
-    """
-    if profile is not None:
-        profile = load_profile(profile) if isinstance(profile, str) else profile
-        profile.require_available()
-        base = profile.config
-        backbone = backbone or profile.backbone
-    else:
-        if backbone is None:
-            raise ConfigError("give a profile name or a backbone (any timm model with four stages)")
-        base = MSCSAConfig()
-    if isinstance(config, dict):
-        base = base.replace(**config)
-    elif isinstance(config, MSCSAConfig):
-        base = config
-    if overrides:
-        base = base.replace(**overrides)
-    return MSCSANet(
-        backbone,
-        base,
-        task=task,
-        num_classes=num_classes,
-        drop_rate=drop_rate,
-        pretrained=pretrained,
-        pretrained_file=pretrained_file,
-        img_size=img_size,
-        backbone_kwargs=backbone_kwargs,
-    )
-
-
-def _create_registered(profile_name: str, pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    # timm's factory passes these for every model; our weights come from the backbone's own cfg.
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return create_mscsa_model(profile_name, pretrained=pretrained, **kwargs)
-
-
-@register_model
-def resnet18_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("resnet18", pretrained, **kwargs)
-
-
-@register_model
-def resnet50_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("resnet50", pretrained, **kwargs)
-
-
-@register_model
-def pvt_v2_b0_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("pvt_v2_b0", pretrained, **kwargs)
-
-
-@register_model
-def pvt_v2_b1_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("pvt_v2_b1", pretrained, **kwargs)
-
-
-@register_model
-def pvt_v2_b2_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("pvt_v2_b2", pretrained, **kwargs)
-
-
-@register_model
-def swin_tiny_patch4_window7_224_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("swin_tiny", pretrained, **kwargs)
-
-
-@register_model
-def convnext_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("convnext_tiny", pretrained, **kwargs)
-
-
-@register_model
-def coat_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    """CoaT Tiny's serial blocks with MSCSA in place of its parallel blocks."""
-    return _create_registered("coat_tiny", pretrained, **kwargs)
-
-
-@register_model
-def coat_small_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    """CoaT Small's serial blocks with MSCSA in place of its parallel blocks."""
-    return _create_registered("coat_small", pretrained, **kwargs)
-
-
-@register_model
-def topformer_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    """TopFormer-T's token pyramid with MSCSA in place of its Scale-Aware Semantics Extractor."""
-    return _create_registered("topformer_tiny", pretrained, **kwargs)
-
-
-@register_model
-def topformer_base_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    """TopFormer-B's token pyramid with MSCSA in place of its Scale-Aware Semantics Extractor."""
-    return _create_registered("topformer_base", pretrained, **kwargs)
-
-
-@register_model
-def p2t_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("p2t_tiny", pretrained, **kwargs)
-
-
-@register_model
-def shunted_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("shunted_tiny", pretrained, **kwargs)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .saliency import compute_saliency
-from .synthetic import make_sample
+from mscsa_lab.explain.saliency import compute_saliency
+from mscsa_lab.data.synthetic import make_sample
 
 __all__ = ["LocalisationReport", "evaluate_localisation", "hot_area"]
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.mscsa import CrossScaleAttention
-from .models.mscsa_net import MSCSANet
+from mscsa_lab.models.mscsa import CrossScaleAttention
+from mscsa_lab.models.mscsa_net import MSCSANet
 
 __all__ = ["METHODS", "KINDS", "SaliencyError", "SaliencyResult", "KVTaps", "compute_saliency", "select_layer"]
 

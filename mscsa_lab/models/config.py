@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from mscsa_lab.models.layers import ACTIVATIONS
+
 __all__ = [
     "MSCSAConfig",
     "ConfigError",
@@ -140,8 +142,6 @@ class MSCSAConfig:
                 problems.append(f"{name}={value} is out of range: choose a value in ({low}, {high}]")
         if not isinstance(self.drop_path, (int, float)) or not 0.0 <= self.drop_path < 1.0:
             problems.append(f"drop_path={self.drop_path!r} must be in [0, 1)")
-        from .models.layers import ACTIVATIONS  # late import: models import this module
-
         if not isinstance(self.act_layer, str) or self.act_layer.lower() not in ACTIVATIONS:
             problems.append(f"act_layer={self.act_layer!r} is unknown: choose one of {sorted(ACTIVATIONS)}")
         for name, allowed in (

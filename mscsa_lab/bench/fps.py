@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .metadata import device_description
+from mscsa_lab.io.metadata import device_description
 
 __all__ = [
     "BenchmarkSettings",

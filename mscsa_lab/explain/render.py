@@ -12,8 +12,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from .plots import new_figure
-from .saliency import SaliencyResult
+from mscsa_lab.io.figures import new_figure
+from mscsa_lab.explain.saliency import SaliencyResult
 
 __all__ = ["normalise", "overlay", "saliency_grid", "head_grid", "attention_mass_chart", "save_maps",
            "PERCEPTUAL_CMAPS"]

@@ -17,8 +17,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .architecture import architecture_tables, build_model, parse_input_size
-from .config import ConfigError
+from mscsa_lab.analysis.architecture import architecture_tables
+from mscsa_lab.paths import ASSETS_DIR
+from mscsa_lab.registry import build_model, parse_input_size
+from mscsa_lab.models.config import ConfigError
 
 __all__ = [
     "ModelForm",
@@ -36,8 +38,7 @@ __all__ = [
 ]
 
 USER_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, FileNotFoundError)
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SAMPLES = ASSETS / "samples"
+SAMPLES = ASSETS_DIR / "samples"
 
 
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / "mscsa_lab_outputs"
@@ -137,7 +138,7 @@ def build_action(form: ModelForm) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.D
 
 
 def _write_all(table, stem: Path, figure=None) -> list[str]:
-    from .plots import save_figure
+    from mscsa_lab.io.figures import save_figure
 
     files = [str(table.write(stem.with_suffix(suffix))) for suffix in (".csv", ".md", ".tex", ".json")]
     if figure is not None:
@@ -147,8 +148,8 @@ def _write_all(table, stem: Path, figure=None) -> list[str]:
 
 def profile_action(form: ModelForm, convention: str = "mac", level: int = 1):
     """(table, figure, downloadable files, notes) of the per-component FLOPs and parameters."""
-    from .plots import plot_component_breakdown
-    from .profiler import profile_model
+    from mscsa_lab.io.figures import plot_component_breakdown
+    from mscsa_lab.analysis.profiler import profile_model
 
     model = _cached_model(form)
     report = profile_model(model, form.input_size)
@@ -161,7 +162,7 @@ def profile_action(form: ModelForm, convention: str = "mac", level: int = 1):
 
 def budget_action(name: str, cap_percent: float, height: int, width: int, task: str = "classification"):
     """(message, chosen settings as JSON, candidates tried)."""
-    from .budget import fit_flops_budget
+    from mscsa_lab.analysis.budget import fit_flops_budget
 
     if _blank(cap_percent) or float(cap_percent) <= 0:
         raise ConfigError("give the cap as a percentage of the backbone's FLOPs, e.g. 10")
@@ -183,10 +184,10 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
                      channels_last: bool = False, steps: int = 3, repeats: int = 3, input_size: int = 224,
                      latency_model: str | None = None, progress: Callable[[float, str], None] | None = None):
     """(device note, FPS table, FPS figure, latency table, latency figure, files)."""
-    from .benchmark import BenchmarkSettings, resolve_device
-    from .compare import throughput_comparison
-    from .latency import component_latency
-    from .plots import plot_latency, plot_throughput
+    from mscsa_lab.bench.fps import BenchmarkSettings, resolve_device
+    from mscsa_lab.analysis.compare import throughput_comparison
+    from mscsa_lab.bench.latency import component_latency
+    from mscsa_lab.io.figures import plot_latency, plot_throughput
 
     names = [n for n in (names or []) if n]
     if not names:
@@ -209,7 +210,7 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
     files = _write_all(table, folder / "fps", fps_figure)
     latency_frame, latency_figure = None, None
     if latency_model:
-        from .architecture import build_named_model
+        from mscsa_lab.registry import build_named_model
 
         model = build_named_model(latency_model, "classification", size)
         latency = component_latency(model, size, settings).to_table()
@@ -222,8 +223,8 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
 def compare_action(names: Sequence[str], height: int, width: int, task: str = "classification",
                    convention: str = "mac"):
     """(table, figure, files) in the paper's Table 6 layout."""
-    from .compare import compare_backbones
-    from .plots import plot_comparison
+    from mscsa_lab.analysis.compare import compare_backbones
+    from mscsa_lab.io.figures import plot_comparison
 
     names = [n for n in (names or []) if n]
     if not names:
@@ -241,7 +242,7 @@ def sample_images() -> list[str]:
 
 @functools.lru_cache(maxsize=2)
 def _demo():
-    from .checkpoints import load_demo_model
+    from mscsa_lab.io.checkpoints import load_demo_model
 
     return load_demo_model()
 
@@ -273,7 +274,7 @@ def _saliency_model(source: str, form: ModelForm | None, checkpoint: str | None)
         form = ModelForm(**{**asdict(form), "task": "classification"})
     model = form.build() if checkpoint else _cached_model(form)
     if checkpoint:
-        from .checkpoints import load_checkpoint
+        from mscsa_lab.io.checkpoints import load_checkpoint
 
         load_checkpoint(model, checkpoint)
     return model.eval(), [f"class {i}" for i in range(model.num_classes)], form.input_size
@@ -285,10 +286,10 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
                     checkpoint: str | None = None, cmap: str = "inferno"):
     """(grid PNG path, prediction text, attention-mass figure or None, per-head PNG path or None,
     raw maps .npz path, seconds taken). ``query`` is a pixel (x, y) on the displayed image."""
-    from .images import prepare_image
-    from .plots import save_figure
-    from .render import attention_mass_chart, head_grid, saliency_grid, save_maps
-    from .saliency import compute_saliency
+    from mscsa_lab.io.images import prepare_image
+    from mscsa_lab.io.figures import save_figure
+    from mscsa_lab.explain.render import attention_mass_chart, head_grid, saliency_grid, save_maps
+    from mscsa_lab.explain.saliency import compute_saliency
 
     started = time.perf_counter()
     if image is None or (isinstance(image, str) and not image):
@@ -331,7 +332,7 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
 def preview_action(image: str | None, fit: str = "pad", source: str = "demo", form: ModelForm | None = None,
                    checkpoint: str | None = None) -> np.ndarray | None:
     """The uploaded image as the model will see it (resized to its input), or None before an upload."""
-    from .images import prepare_image
+    from mscsa_lab.io.images import prepare_image
 
     if image is None or (isinstance(image, str) and not image):
         return None

@@ -16,12 +16,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from mscsa_lab.paths import ASSETS_DIR
+
 __all__ = ["CheckpointError", "save_checkpoint", "read_state_dict", "load_checkpoint", "DEMO_WEIGHTS",
            "DEMO_METADATA", "load_demo_model", "demo_metadata"]
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_WEIGHTS = ASSETS / "demo_model.safetensors"
-DEMO_METADATA = ASSETS / "demo_model.json"
+DEMO_WEIGHTS = ASSETS_DIR / "demo_model.safetensors"
+DEMO_METADATA = ASSETS_DIR / "demo_model.json"
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 
 
@@ -113,7 +114,7 @@ def demo_metadata() -> dict[str, Any]:
 
 def load_demo_model() -> tuple[nn.Module, dict[str, Any]]:
     """The bundled demo model (backbone+MSCSA trained on the synthetic shapes) and its metadata."""
-    from .models.mscsa_net import create_mscsa_model
+    from mscsa_lab.registry import create_mscsa_model
 
     meta = demo_metadata()
     model = create_mscsa_model(backbone=meta["backbone"], config=meta["mscsa"], num_classes=len(meta["classes"]),

@@ -16,12 +16,12 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from .benchmark import BenchmarkSettings, _precision_context, _threads, resolve_device
-from .components import model_components
-from .export import ResultTable
-from .metadata import run_metadata
-from .models.mscsa_net import MSCSANet
-from .profiler import profile_model
+from mscsa_lab.bench.fps import BenchmarkSettings, _precision_context, _threads, resolve_device
+from mscsa_lab.analysis.components import model_components
+from mscsa_lab.io.export import ResultTable
+from mscsa_lab.io.metadata import run_metadata
+from mscsa_lab.models.mscsa_net import MSCSANet
+from mscsa_lab.analysis.profiler import profile_model
 
 __all__ = ["LatencyReport", "component_latency"]
 

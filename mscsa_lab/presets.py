@@ -13,7 +13,8 @@ from typing import Any
 
 import timm
 
-from .config import ConfigError, MSCSAConfig
+from mscsa_lab.models.config import ConfigError, MSCSAConfig
+from mscsa_lab.paths import PROFILES_DIR
 
 __all__ = [
     "Profile",
@@ -26,7 +27,6 @@ __all__ = [
     "profile_names",
 ]
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 ATTACH_MODES = ("parallel", "replace_sase", "replace_parallel_blocks")
 PAPER_KEYS = ("flops_g", "flops_mscsa_g", "fps", "fps_mscsa", "top1", "top1_mscsa")
 _TOP_LEVEL_KEYS = {"name", "title", "backbone", "baseline", "model_name", "attach", "unavailable_reason", "mscsa",
@@ -61,9 +61,7 @@ class Profile:
     @property
     def available(self) -> bool:
         """True when this installation can build the profile: timm knows its backbone (and, for the
-        replacement modes, its registered ``*_mscsa`` model)."""
-        import mscsa_lab.models  # noqa: F401 - registers the models
-
+        replacement modes, its registered ``*_mscsa`` model). Importing ``mscsa_lab`` registers both."""
         if not timm.is_model(self.backbone):
             return False
         return self.attach == "parallel" or timm.is_model(self.model_name)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .models.mscsa import CrossScaleAttention, IntraFFN, MSCSABlock
-from .models.mscsa_net import MSCSANet
+from mscsa_lab.models.mscsa import CrossScaleAttention, IntraFFN, MSCSABlock
+from mscsa_lab.models.mscsa_net import MSCSANet
 
 __all__ = ["Component", "model_components"]
 

@@ -11,16 +11,14 @@ from fractions import Fraction
 from typing import Any
 
 import pandas as pd
-import timm
 import torch
 from torch import nn
 
-from .architecture import parse_input_size
-from .config import ConfigError, MSCSAConfig
-from .flops import flop_analysis
-from .models.backbones import StageFeatures
-from .models.mscsa import MSCSA, ClassificationHead, DenseFusion
-from .profiles import ProfileError, load_profile
+from mscsa_lab.registry import parse_input_size, resolve_name
+from mscsa_lab.models.config import ConfigError, MSCSAConfig
+from mscsa_lab.analysis.flops import flop_analysis
+from mscsa_lab.models.backbones import StageFeatures, create_timm_model
+from mscsa_lab.models.mscsa import MSCSA, ClassificationHead, DenseFusion
 
 __all__ = ["BudgetResult", "fit_flops_budget", "SQUEEZE_GRID"]
 
@@ -91,11 +89,11 @@ def fit_flops_budget(
     if not isinstance(cap, (int, float)) or not 0 < cap <= 10:
         raise ConfigError(f"cap={cap!r} must be a fraction of the backbone's FLOPs in (0, 10], e.g. 0.1 for 10%")
     height, width = parse_input_size(*input_size)
-    try:
-        profile = load_profile(name)
+    label, profile = resolve_name(name)
+    if profile is not None:
         backbone, baseline_name, base = profile.backbone, profile.baseline_model, profile.config
-    except ProfileError:
-        backbone, baseline_name, base = name, name, MSCSAConfig()
+    else:
+        backbone, baseline_name, base = label, label, MSCSAConfig()
     if settings:
         base = base.replace(**settings)
     x = torch.zeros(1, 3, height, width)
@@ -103,10 +101,7 @@ def fit_flops_budget(
     if task == "dense":
         baseline = features_model
     else:
-        try:
-            baseline = timm.create_model(baseline_name, img_size=(height, width), num_classes=num_classes)
-        except TypeError:
-            baseline = timm.create_model(baseline_name, num_classes=num_classes)
+        baseline = create_timm_model(baseline_name, (height, width), num_classes=num_classes)
     with torch.no_grad():
         backbone_flops = flop_analysis(baseline.eval(), x).total()
         features_flops = flop_analysis(features_model, x).total()

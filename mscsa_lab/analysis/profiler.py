@@ -1,7 +1,7 @@
 """Per-component FLOPs and parameters of a backbone+MSCSA model (the paper's Table 1, extended).
 
 FLOPs follow the paper: one multiply-add is one FLOP (fvcore's convention); ``convention="2x"``
-gives the "FLOPs = 2 MACs" view. Attention matmuls are counted (``mscsa_lab.flops``), and any op
+gives the "FLOPs = 2 MACs" view. Attention matmuls are counted (``mscsa_lab.analysis.flops``), and any op
 that fvcore still cannot count is listed in ``ProfileReport.uncounted_ops``, never dropped.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .components import Component, model_components, module_params
-from .export import ResultTable
-from .flops import flop_analysis, uncounted_note
-from .metadata import run_metadata
-from .models.mscsa_net import MSCSANet
+from mscsa_lab.analysis.components import Component, model_components, module_params
+from mscsa_lab.io.export import ResultTable
+from mscsa_lab.analysis.flops import flop_analysis, uncounted_note
+from mscsa_lab.io.metadata import run_metadata
+from mscsa_lab.models.mscsa_net import MSCSANet
 
 __all__ = ["ComponentCost", "ProfileReport", "profile_model", "CONVENTIONS", "convention_factor"]
 

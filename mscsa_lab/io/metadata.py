@@ -29,7 +29,7 @@ def _version(name: str) -> str:
 
 def run_metadata(**facts: Any) -> dict[str, Any]:
     """Library versions, device, date, plus the given facts (input size, batch, convention...)."""
-    from . import __version__
+    from mscsa_lab import __version__
 
     data: dict[str, Any] = dict(facts)
     data.setdefault("device", device_description(facts.get("device_type", "cpu")))

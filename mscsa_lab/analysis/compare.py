@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pandas as pd
-import timm
 import torch
 
-from .architecture import parse_input_size
-from .export import ResultTable
-from .flops import flop_analysis, uncounted_note
-from .metadata import run_metadata
-from .models.mscsa_net import create_mscsa_model
-from .profiler import CONVENTIONS, convention_factor
-from .profiles import Profile, ProfileError, load_profile
+from mscsa_lab.registry import parse_input_size
+from mscsa_lab.io.export import ResultTable
+from mscsa_lab.analysis.flops import flop_analysis, uncounted_note
+from mscsa_lab.io.metadata import run_metadata
+from mscsa_lab.models.backbones import create_timm_model
+from mscsa_lab.registry import create_mscsa_model, resolve_name
+from mscsa_lab.analysis.profiler import CONVENTIONS, convention_factor
+from mscsa_lab.presets import Profile
 
 __all__ = ["ModelPair", "build_pair", "measure_pair", "compare_backbones", "comparison_table", "throughput_comparison"]
 
@@ -47,17 +47,6 @@ def _count(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]
         return analysis.total(), dict(analysis.unsupported_ops())
 
 
-def _resolve(name: str | Profile) -> tuple[str, Profile | None]:
-    if isinstance(name, Profile):
-        return name.name, name
-    try:
-        return name, load_profile(name)
-    except ProfileError:
-        if timm.is_model(name):
-            return name, None  # any timm backbone, default MSCSA settings
-        raise
-
-
 def build_pair(
     name: str | Profile,
     input_size: tuple[int, int] = (224, 224),
@@ -66,7 +55,7 @@ def build_pair(
 ) -> tuple[str, Profile | None, torch.nn.Module, torch.nn.Module]:
     """(label, profile or None, backbone alone as timm builds it, backbone+MSCSA), both in eval mode."""
     height, width = parse_input_size(*input_size)
-    label, profile = _resolve(name)
+    label, profile = resolve_name(name)
     backbone_name = profile.backbone if profile else label
     baseline_name = profile.baseline_model if profile else label
     if profile is not None:
@@ -74,10 +63,7 @@ def build_pair(
     model = create_mscsa_model(profile, backbone=None if profile else backbone_name, task=task,
                                img_size=(height, width), **settings)
     base_kwargs: dict[str, Any] = {"features_only": True} if task == "dense" else {}
-    try:
-        base = timm.create_model(baseline_name, img_size=(height, width), **base_kwargs)
-    except TypeError:  # models built for any size take no img_size
-        base = timm.create_model(baseline_name, **base_kwargs)
+    base = create_timm_model(baseline_name, (height, width), **base_kwargs)
     return (profile.title if profile else label), profile, base.eval(), model.eval()
 
 
@@ -195,8 +181,8 @@ def throughput_comparison(
     """FPS of each backbone alone, with MSCSA (reference modules) and with MSCSA on the fast path,
     measured interleaved in one run; beside them MSCSA's share of FLOPs and of runtime, and the
     paper's FPS drop (A100) where it reports one."""
-    from .benchmark import BenchmarkSettings, compare_fps
-    from .models.fast import make_fast
+    from mscsa_lab.bench.fps import BenchmarkSettings, compare_fps
+    from mscsa_lab.models.fast import make_fast
 
     settings = (settings or BenchmarkSettings()).validate()
     size = parse_input_size(*input_size)

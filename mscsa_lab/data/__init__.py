@@ -1,0 +1,1 @@
+"""Datasets: the synthetic multi-scale shapes (offline, made on the fly)."""

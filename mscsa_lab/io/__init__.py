@@ -1,0 +1,1 @@
+"""Reading and writing: user images, checkpoints, result tables, figures and run metadata."""
