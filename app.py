@@ -41,13 +41,10 @@ def _profile_choices(available_only: bool = False) -> list[tuple[str, str]]:
             for p in list_profiles() if p.available or not available_only]
 
 
-def _form(*values) -> handlers.ModelForm:
-    return handlers.ModelForm(*values)
-
-
 @_user_errors
-def on_build(*values):
-    form = _form(*values)
+def on_build(field_names: tuple[str, ...], *values):
+    """``field_names`` name the ModelForm field of each input, so the form never depends on input order."""
+    form = handlers.ModelForm(**dict(zip(field_names, values)))
     return (*handlers.build_action(form), form)
 
 
@@ -125,9 +122,10 @@ def make_app() -> gr.Blocks:
                 stages = gr.Dataframe(label="Stages")
                 scales = gr.Dataframe(label="Key/value scales")
                 params = gr.Dataframe(label="Parameters")
-            form_inputs = [profile, backbone, task, height, width, depth, num_heads, key_dim, mlp_ratio, squeeze,
-                           use_pcp, use_intra_ffn, use_msp, downsample]
-            build.click(on_build, form_inputs, [build_status, stages, scales, params, model_state], api_name="build")
+            form_fields = dict(profile=profile, backbone=backbone, task=task, height=height, width=width, depth=depth,
+                               num_heads=num_heads, key_dim=key_dim, mlp_ratio=mlp_ratio, squeeze_ratio=squeeze,
+                               use_pcp=use_pcp, use_intra_ffn=use_intra_ffn, use_msp=use_msp, downsample=downsample)
+            build.click(functools.partial(on_build, tuple(form_fields)), list(form_fields.values()), [build_status, stages, scales, params, model_state], api_name="build")
 
         with gr.Tab("Profile"):
             gr.Markdown("FLOPs and parameters of the model built in the Build tab, per component "

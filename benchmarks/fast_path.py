@@ -8,20 +8,18 @@ differences between the three MSCSA implementations. All three are measured inte
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from mscsa_lab.bench.fps import BenchmarkSettings, compare_fps  # noqa: E402
-from mscsa_lab.models.fast import make_fast  # noqa: E402
-from mscsa_lab.registry import create_mscsa_model  # noqa: E402
-from mscsa_lab.presets import list_profiles  # noqa: E402
+from mscsa_lab.bench.fps import compare_fps
+from mscsa_lab.bench.settings import BenchmarkSettings
+from mscsa_lab.models.fast import make_fast
+from mscsa_lab.registry import create_mscsa_model
+from mscsa_lab.presets import list_profiles
 
 
 class OnFixedFeatures(nn.Module):

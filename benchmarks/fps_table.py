@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-import torch  # noqa: E402
+import torch
 
-from mscsa_lab.bench.fps import PRECISIONS, BenchmarkSettings  # noqa: E402
-from mscsa_lab.analysis.compare import throughput_comparison  # noqa: E402
-from mscsa_lab.presets import list_profiles  # noqa: E402
+from mscsa_lab.bench.settings import PRECISIONS, BenchmarkSettings
+from mscsa_lab.bench.comparison import throughput_comparison
+from mscsa_lab.presets import list_profiles
 
 
 def main() -> None:

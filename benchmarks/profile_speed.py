@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-import torch  # noqa: E402
+import torch
 
-from mscsa_lab.registry import build_model  # noqa: E402
-from mscsa_lab.analysis.profiler import profile_model  # noqa: E402
-from mscsa_lab.presets import list_profiles  # noqa: E402
+from mscsa_lab.registry import build_model
+from mscsa_lab.analysis.profiler import profile_model
+from mscsa_lab.presets import list_profiles
 
 
 def main() -> None:

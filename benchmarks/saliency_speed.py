@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-import torch  # noqa: E402
+import torch
 
-from mscsa_lab.io.checkpoints import load_demo_model  # noqa: E402
-from mscsa_lab.registry import create_mscsa_model  # noqa: E402
-from mscsa_lab.explain.saliency import METHODS, compute_saliency  # noqa: E402
-from mscsa_lab.explain.evaluation import evaluate_localisation  # noqa: E402
+from mscsa_lab.paths import ASSETS_DIR
+from mscsa_lab.io.checkpoints import load_demo_model
+from mscsa_lab.registry import create_mscsa_model
+from mscsa_lab.explain.saliency import METHODS, compute_saliency
+from mscsa_lab.explain.evaluation import evaluate_localisation
 
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
+SAMPLE = ASSETS_DIR / "samples" / "star_large.png"
 
 
 def time_methods(model, size: tuple[int, int], label: str, repeats: int = 3) -> None:

@@ -17,23 +17,24 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from mscsa_lab.io.checkpoints import save_checkpoint  # noqa: E402
-from mscsa_lab.registry import create_mscsa_model  # noqa: E402
-from mscsa_lab.data.synthetic import CLASSES, make_sample  # noqa: E402
+from mscsa_lab.paths import ASSETS_DIR
+from mscsa_lab.io.checkpoints import save_checkpoint
+from mscsa_lab.registry import create_mscsa_model
+from mscsa_lab.data.synthetic import CLASSES, make_sample
 
 BACKBONE = "resnet10t"
 BACKBONE_KWARGS = {"channels": [32, 64, 128, 256]}
 MSCSA = dict(pool_stride=8, squeeze_ratio=0.25, depth=1, num_heads=4, key_dim=16, mlp_ratio=2.0)
 HELD_OUT_OFFSET = 1_000_000
-MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None]
+STD = torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None]
 
 
 def generate(count: int, offset: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,7 +64,7 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets"))
+    parser.add_argument("--out", default=str(ASSETS_DIR))
     parser.add_argument("--minutes", type=float, default=12.0, help="training time budget (default: 12)")
     parser.add_argument("--train", type=int, default=20000, help="training images (default: 20000)")
     parser.add_argument("--held-out", type=int, default=1000, help="held-out images (default: 1000)")

@@ -4,16 +4,14 @@
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from mscsa_lab.data.synthetic import CLASSES, make_sample  # noqa: E402
+from mscsa_lab.paths import ASSETS_DIR
+from mscsa_lab.data.synthetic import CLASSES, make_sample
 
-OUT = Path(__file__).resolve().parent.parent / "assets" / "samples"
+OUT = ASSETS_DIR / "samples"
 HELD_OUT_OFFSET = 2_000_000  # beyond the demo model's training and held-out ranges
 
 

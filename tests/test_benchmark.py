@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.bench.fps import BenchmarkSettings, compare_fps, measure_fps, resolve_device
+from mscsa_lab.bench.fps import compare_fps, measure_fps
+from mscsa_lab.bench.settings import BenchmarkSettings, resolve_device
 from mscsa_lab.bench.latency import component_latency
 
 
@@ -183,7 +184,7 @@ def test_fast_path_matches_reference_model(task):
 
 
 def test_throughput_comparison_table():
-    from mscsa_lab.analysis.compare import throughput_comparison
+    from mscsa_lab.bench.comparison import throughput_comparison
 
     settings = BenchmarkSettings(device="cpu", batch=2, warmup=1, steps=1, repeats=2)
     table = throughput_comparison(["resnet18"], (64, 64), settings)

@@ -183,7 +183,8 @@ def test_pretrained_weights_local_file_or_clear_error(tmp_path):
                                   "shunted_tiny"])
 def test_new_table7_rows_profile_benchmark_and_render(name):
     """The six backbones timm lacks (or builds differently) go through every tool."""
-    from mscsa_lab.bench.fps import BenchmarkSettings, measure_fps
+    from mscsa_lab.bench.fps import measure_fps
+    from mscsa_lab.bench.settings import BenchmarkSettings
     from mscsa_lab.analysis.profiler import profile_model
     from mscsa_lab.explain.saliency import compute_saliency
 

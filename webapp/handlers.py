@@ -6,6 +6,7 @@ whose message is meant for the user; the app shows it as an error message and ke
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import tempfile
@@ -119,12 +120,19 @@ class ModelForm:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(form: ModelForm):
+def _built_model(form: ModelForm):
     return form.build()
 
 
+def _request_model(form: ModelForm):
+    """A private copy of the cached model for one request. Requests run concurrently and some
+    change the model they use (saliency registers hooks and stores attention, benchmarks move it),
+    so no request ever touches the cached one itself."""
+    return copy.deepcopy(_built_model(form))
+
+
 def build_action(form: ModelForm) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    model = _cached_model(form)
+    model = _request_model(form)
     tables = architecture_tables(model, form.input_size)
     summary = tables["summary"]
     height, width = form.input_size
@@ -151,7 +159,7 @@ def profile_action(form: ModelForm, convention: str = "mac", level: int = 1):
     from mscsa_lab.io.figures import plot_component_breakdown
     from mscsa_lab.analysis.profiler import profile_model
 
-    model = _cached_model(form)
+    model = _request_model(form)
     report = profile_model(model, form.input_size)
     table = report.to_table(convention)
     table.frame = table.frame[table.frame["Level"] <= int(level)].reset_index(drop=True)
@@ -184,8 +192,8 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
                      channels_last: bool = False, steps: int = 3, repeats: int = 3, input_size: int = 224,
                      latency_model: str | None = None, progress: Callable[[float, str], None] | None = None):
     """(device note, FPS table, FPS figure, latency table, latency figure, files)."""
-    from mscsa_lab.bench.fps import BenchmarkSettings, resolve_device
-    from mscsa_lab.analysis.compare import throughput_comparison
+    from mscsa_lab.bench.settings import BenchmarkSettings, resolve_device
+    from mscsa_lab.bench.comparison import throughput_comparison
     from mscsa_lab.bench.latency import component_latency
     from mscsa_lab.io.figures import plot_latency, plot_throughput
 
@@ -272,7 +280,7 @@ def _saliency_model(source: str, form: ModelForm | None, checkpoint: str | None)
         raise ConfigError("build a model in the Build tab first, or use the demo model")
     if form.task != "classification":
         form = ModelForm(**{**asdict(form), "task": "classification"})
-    model = form.build() if checkpoint else _cached_model(form)
+    model = form.build() if checkpoint else _request_model(form)
     if checkpoint:
         from mscsa_lab.io.checkpoints import load_checkpoint
 

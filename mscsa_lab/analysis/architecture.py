@@ -1,7 +1,6 @@
 """A built model's architecture as tables: stages, key/value scales, parameters (the Build tab's view)."""
 from __future__ import annotations
 
-from typing import Any
 
 import pandas as pd
 

@@ -102,9 +102,9 @@ def fit_flops_budget(
         baseline = features_model
     else:
         baseline = create_timm_model(baseline_name, (height, width), num_classes=num_classes)
+    backbone_flops = flop_analysis(baseline, x).total()
+    features_flops = flop_analysis(features_model, x).total()
     with torch.no_grad():
-        backbone_flops = flop_analysis(baseline.eval(), x).total()
-        features_flops = flop_analysis(features_model, x).total()
         stage_maps = tuple(features_model(x))
     channels = features_model.channels
     limit = cap * backbone_flops
@@ -116,8 +116,7 @@ def fit_flops_budget(
         if min(config.squeezed_channels(channels)) < 1:
             return None
         addon = _AddOn(channels, config, task, num_classes).eval()
-        with torch.no_grad():
-            added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
+        added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
         tried.append(dict(heads=heads, key_dim=key_dim, squeeze_ratio=_ratio_text(ratio), added_gflops=added / 1e9,
                           share_pct=100 * added / backbone_flops, fits=added <= limit))
         return added, config

@@ -7,7 +7,7 @@ The paper's figures are placed beside ours where it reports them (224x224 classi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pandas as pd
 import torch
@@ -21,7 +21,7 @@ from mscsa_lab.registry import create_mscsa_model, resolve_name
 from mscsa_lab.analysis.profiler import CONVENTIONS, convention_factor
 from mscsa_lab.presets import Profile
 
-__all__ = ["ModelPair", "build_pair", "measure_pair", "compare_backbones", "comparison_table", "throughput_comparison"]
+__all__ = ["ModelPair", "build_pair", "measure_pair", "compare_backbones", "comparison_table"]
 
 
 @dataclass
@@ -41,10 +41,8 @@ class ModelPair:
 
 
 def _count(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
-    model.eval()
-    with torch.no_grad():
-        analysis = flop_analysis(model, x)
-        return analysis.total(), dict(analysis.unsupported_ops())
+    analysis = flop_analysis(model, x)
+    return analysis.total(), dict(analysis.unsupported_ops())
 
 
 def build_pair(
@@ -76,10 +74,10 @@ def measure_pair(
 ) -> ModelPair:
     """Build the backbone alone and with MSCSA and count both."""
     size = parse_input_size(*input_size)
-    return _measure_built(*build_pair(name, size, task, **settings), size, task, batch)
+    return measure_built_pair(*build_pair(name, size, task, **settings), size, task, batch)
 
 
-def _measure_built(label: str, profile: Profile | None, base: torch.nn.Module, model: torch.nn.Module,
+def measure_built_pair(label: str, profile: Profile | None, base: torch.nn.Module, model: torch.nn.Module,
                    size: tuple[int, int], task: str, batch: int = 1) -> ModelPair:
     height, width = size
     x = torch.zeros(batch, 3, height, width)
@@ -100,7 +98,7 @@ def _measure_built(label: str, profile: Profile | None, base: torch.nn.Module, m
     )
 
 
-def _delta(new: float | None, old: float | None) -> float:
+def relative_change(new: float | None, old: float | None) -> float:
     if new is None or old is None or not old:
         return float("nan")
     return 100.0 * (new - old) / old
@@ -125,23 +123,23 @@ def comparison_table(
             "Model": pair.name,
             "FLOPs (G)": pair.flops * factor / 1e9,
             "+MSCSA FLOPs (G)": pair.flops_mscsa * factor / 1e9,
-            "dFLOPs (%)": _delta(pair.flops_mscsa, pair.flops),
+            "dFLOPs (%)": relative_change(pair.flops_mscsa, pair.flops),
             "Params (M)": pair.params / 1e6,
             "+MSCSA Params (M)": pair.params_mscsa / 1e6,
-            "dParams (%)": _delta(pair.params_mscsa, pair.params),
+            "dParams (%)": relative_change(pair.params_mscsa, pair.params),
         }
         if with_fps:
             row.update({"FPS": pair.fps if pair.fps is not None else nan,
                         "+MSCSA FPS": pair.fps_mscsa if pair.fps_mscsa is not None else nan,
-                        "dFPS (%)": _delta(pair.fps_mscsa, pair.fps)})
+                        "dFPS (%)": relative_change(pair.fps_mscsa, pair.fps)})
         paper = pair.paper
         row.update({
             "Paper FLOPs (G)": paper.get("flops_g", nan) * factor,
             "Paper +MSCSA FLOPs (G)": paper.get("flops_mscsa_g", nan) * factor,
-            "Paper dFLOPs (%)": _delta(paper.get("flops_mscsa_g"), paper.get("flops_g")),
+            "Paper dFLOPs (%)": relative_change(paper.get("flops_mscsa_g"), paper.get("flops_g")),
             "Paper FPS (A100)": paper.get("fps", nan),
             "Paper +MSCSA FPS (A100)": paper.get("fps_mscsa", nan),
-            "Paper dFPS (%)": _delta(paper.get("fps_mscsa"), paper.get("fps")),
+            "Paper dFPS (%)": relative_change(paper.get("fps_mscsa"), paper.get("fps")),
         })
         rows.append(row)
         for op, count in pair.uncounted_ops.items():
@@ -168,72 +166,3 @@ def compare_backbones(
     size = parse_input_size(*input_size)
     pairs = [measure_pair(name, size, task, batch, **settings) for name in names]
     return comparison_table(pairs, size, task, batch, convention)
-
-
-def throughput_comparison(
-    names: Iterable[str | Profile],
-    input_size: tuple[int, int] = (224, 224),
-    settings: "BenchmarkSettings | None" = None,
-    task: str = "classification",
-    fast: bool = True,
-    progress: Callable[[float, str], None] | None = None,
-) -> ResultTable:
-    """FPS of each backbone alone, with MSCSA (reference modules) and with MSCSA on the fast path,
-    measured interleaved in one run; beside them MSCSA's share of FLOPs and of runtime, and the
-    paper's FPS drop (A100) where it reports one."""
-    from mscsa_lab.bench.fps import BenchmarkSettings, compare_fps
-    from mscsa_lab.models.fast import make_fast
-
-    settings = (settings or BenchmarkSettings()).validate()
-    size = parse_input_size(*input_size)
-    names = list(names)
-    rows, notes, device = [], [], ""
-    nan = float("nan")
-    for index, name in enumerate(names):
-        label, profile, base, model = build_pair(name, size, task)
-        pair = _measure_built(label, profile, base, model, size, task)
-        models = {"backbone": base, "+MSCSA": model}
-        if fast:
-            models["+MSCSA fast"] = make_fast(model, channels_last=settings.channels_last)
-
-        def report(fraction: float, message: str, index: int = index, label: str = label) -> None:
-            if progress is not None:
-                progress((index + fraction) / len(names), f"{label}: {message}")
-
-        result = compare_fps(models, size, settings, progress=report)
-        device = result.results["backbone"].device
-        for key, fps_result in result.results.items():
-            notes += [f"{label} {key}: {note}" for note in fps_result.notes]
-        fps = {key: r.fps_median for key, r in result.results.items()}
-        step = {key: r.step_ms for key, r in result.results.items()}
-        best = "+MSCSA fast" if fast else "+MSCSA"
-        drop = 100.0 * (result.ratio(best) - 1.0)
-        paper_drop = _delta(pair.paper.get("fps_mscsa"), pair.paper.get("fps"))
-        rows.append({
-            "Model": label,
-            "Batch": result.results["backbone"].batch,
-            "FPS": fps["backbone"],
-            "+MSCSA FPS": fps["+MSCSA"],
-            "dFPS (%)": 100.0 * (result.ratio("+MSCSA") - 1.0),
-            "+MSCSA fast FPS": fps.get("+MSCSA fast", nan),
-            "dFPS fast (%)": 100.0 * (result.ratio("+MSCSA fast") - 1.0) if fast else nan,
-            "Step (ms)": step["backbone"],
-            "+MSCSA step (ms)": step["+MSCSA"],
-            "+MSCSA fast step (ms)": step.get("+MSCSA fast", nan),
-            "MSCSA share of FLOPs (%)": 100.0 * (pair.flops_mscsa - pair.flops) / pair.flops_mscsa,
-            "MSCSA share of runtime (%)": -drop,
-            "Paper dFPS (%)": paper_drop,
-            "Drop below paper": ("yes" if drop > paper_drop else "no") if paper_drop == paper_drop else "-",
-        })
-    height, width = size
-    notes = [
-        "FPS: median over repeats; models measured interleaved in one run; d = relative change vs the backbone "
-        "(median of per-round ratios).",
-        "MSCSA share of runtime = 1 - FPS(+MSCSA) / FPS(backbone), for the fast path when measured.",
-        "Paper dFPS: Table 6 of Shang et al. (2023), one NVIDIA A100.",
-    ] + notes
-    metadata = run_metadata(input_size=f"{height}x{width}", batch=settings.batch, task=task, precision=settings.precision,
-                            channels_last=settings.channels_last, compile=settings.compile, warmup=settings.warmup,
-                            steps=settings.steps, repeats=settings.repeats, device=device)
-    return ResultTable(f"Throughput with and without MSCSA ({task}, {height}x{width}, {device})",
-                       pd.DataFrame(rows), metadata, notes)

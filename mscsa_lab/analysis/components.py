@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
 
 from mscsa_lab.models.mscsa import CrossScaleAttention, IntraFFN, MSCSABlock
 from mscsa_lab.models.mscsa_net import MSCSANet
@@ -111,7 +110,3 @@ def model_components(model: MSCSANet) -> list[Component]:
         rows.append(Component("dense fusion", "fusion", 0, ("fusion",)))
     return rows
 
-
-def module_params(model: nn.Module) -> dict[str, int]:
-    """Parameter count of every module path (and "" for the whole model)."""
-    return {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_modules()}

@@ -60,7 +60,9 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 def flop_analysis(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor]) -> FlopCountAnalysis:
-    """An fvcore ``FlopCountAnalysis`` with the attention handles registered and free ops ignored.
+    """An fvcore ``FlopCountAnalysis`` with the attention handles registered and free ops ignored,
+    already traced in eval mode without autograd (inference FLOPs: dropout and drop path off, BN
+    with running statistics); the model's training mode is restored afterwards.
 
     Warnings about uncounted ops are left to the caller (``unsupported_ops()``), never hidden.
     """
@@ -70,18 +72,19 @@ def flop_analysis(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor
     analysis.set_op_handle(**{op: None for op in _FREE_OPS})
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            analysis.total()  # fvcore traces lazily, on the first query: trace now, in eval mode
+    finally:
+        model.train(was_training)
     return analysis
 
 
 def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, int]:
     """FLOPs (multiply-adds) by module name, "" for the whole model; eval mode, no grad."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return dict(flop_analysis(model, inputs).by_module())
-    finally:
-        model.train(was_training)
+    return dict(flop_analysis(model, inputs).by_module())
 
 
 def uncounted_note(uncounted_ops: dict[str, int]) -> str:

@@ -12,7 +12,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mscsa_lab.analysis.components import Component, model_components, module_params
+from fvcore.nn import parameter_count
+
+from mscsa_lab.analysis.components import Component, model_components
 from mscsa_lab.io.export import ResultTable
 from mscsa_lab.analysis.flops import flop_analysis, uncounted_note
 from mscsa_lab.io.metadata import run_metadata
@@ -120,16 +122,10 @@ def profile_model(
 ) -> ProfileReport:
     """Count FLOPs (fvcore + attention handles) and parameters of every component of ``model``."""
     height, width = input_size
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analysis = flop_analysis(model, torch.zeros(batch, 3, height, width))
-            flops = dict(analysis.by_module())
-            uncounted = dict(analysis.unsupported_ops())
-    finally:
-        model.train(was_training)
-    params = module_params(model)
+    analysis = flop_analysis(model, torch.zeros(batch, 3, height, width))
+    flops = dict(analysis.by_module())
+    uncounted = dict(analysis.unsupported_ops())
+    params = dict(parameter_count(model))
     rows = []
     for component in model_components(model):
         row_flops, row_params = _cost(component, flops, params)

@@ -10,69 +10,25 @@ A/B runs interleave the models repeat by repeat (A B, B A, A B, ...), so drifts 
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from mscsa_lab.bench.settings import (
+    BenchmarkSettings,
+    is_out_of_memory,
+    precision_context,
+    resolve_device,
+    thread_context,
+)
 from mscsa_lab.io.metadata import device_description
 
-__all__ = [
-    "BenchmarkSettings",
-    "FPSResult",
-    "ABResult",
-    "measure_fps",
-    "compare_fps",
-    "resolve_device",
-    "PRECISIONS",
-]
-
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" is the GPU when one is present, else the CPU; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("no CUDA GPU is available on this machine: benchmark on 'cpu' (or 'auto')")
-    return resolved
-
-
-@dataclass
-class BenchmarkSettings:
-    """How to measure. ``threads`` sets the CPU's torch thread count (None = leave as is)."""
-
-    device: str = "auto"
-    batch: int = 1
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    warmup: int = 5
-    steps: int = 10
-    repeats: int = 5
-    threads: int | None = None
-
-    def validate(self) -> "BenchmarkSettings":
-        problems = []
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision={self.precision!r} is unknown: choose one of {list(PRECISIONS)}")
-        for name, low in (("batch", 1), ("warmup", 0), ("steps", 1), ("repeats", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
-        if self.batch > 4096:
-            problems.append(f"batch={self.batch} is too large: choose at most 4096")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            problems.append(f"threads must be a whole number >= 1, got {self.threads!r}")
-        if problems:
-            raise ValueError("invalid benchmark settings: " + "; ".join(problems))
-        return self
+__all__ = ["FPSResult", "ABResult", "measure_fps", "compare_fps"]
 
 
 @dataclass
@@ -118,34 +74,6 @@ class ABResult:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-@contextlib.contextmanager
-def _precision_context(precision: str, device: torch.device) -> Iterator[list[str]]:
-    """Autocast / TF32 as asked; yields notes about what did not apply on this device."""
-    notes: list[str] = []
-    if precision == "tf32":
-        if device.type != "cuda":
-            notes.append("TF32 only changes CUDA matmuls: on the CPU this is plain fp32")
-            yield notes
-            return
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield notes
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-        return
-    if precision in ("fp16", "bf16"):
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            yield notes
-        return
-    yield notes
-
-
 class _Timer:
     """Times a block of steps: CUDA events on the GPU, perf_counter on the CPU."""
 
@@ -177,8 +105,10 @@ class _Prepared:
 
 def _prepare(name: str, model: nn.Module, input_size: tuple[int, int], settings: BenchmarkSettings,
              device: torch.device) -> _Prepared:
-    """Move to device/format, compile if asked, and find a batch that fits (halving on OOM)."""
-    model = model.eval().to(device)
+    """Move to device/format, compile if asked, and find a batch that fits (halving on OOM).
+    A model that must change device or memory format is copied: the caller's model stays as it was."""
+    moves = settings.channels_last or any(p.device != device for p in model.parameters())
+    model = (copy.deepcopy(model) if moves else model).eval().to(device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     if settings.channels_last:
         model = model.to(memory_format=memory_format)
@@ -189,12 +119,12 @@ def _prepare(name: str, model: nn.Module, input_size: tuple[int, int], settings:
     while True:
         x = torch.randn(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
         try:
-            with torch.inference_mode(), _precision_context(settings.precision, device) as precision_notes:
+            with torch.inference_mode(), precision_context(settings.precision, device) as precision_notes:
                 runner(x)  # one trial step: catches OOM (and compiles) before anything is timed
             notes.extend(n for n in precision_notes if n not in notes)
             break
         except (RuntimeError, torch.OutOfMemoryError) as error:
-            if not _is_oom(error) or batch == 1:
+            if not is_out_of_memory(error) or batch == 1:
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -208,22 +138,9 @@ def _prepare(name: str, model: nn.Module, input_size: tuple[int, int], settings:
 
 
 def _run_block(prepared: _Prepared, steps: int, settings: BenchmarkSettings, device: torch.device) -> None:
-    with torch.inference_mode(), _precision_context(settings.precision, device):
+    with torch.inference_mode(), precision_context(settings.precision, device):
         for _ in range(steps):
             prepared.forward()
-
-
-@contextlib.contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    if threads is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------------------- API
@@ -241,7 +158,18 @@ def compare_fps(
     device = resolve_device(settings.device)
     timer = _Timer(device, clock)
     names = list(models)
-    with _threads(settings.threads):
+    was_training = {name: model.training for name, model in models.items()}
+    try:
+        return _compare_interleaved(models, names, input_size, settings, device, timer, progress)
+    finally:
+        for name, model in models.items():
+            model.train(was_training[name])
+
+
+def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_size: tuple[int, int],
+                         settings: BenchmarkSettings, device: torch.device, timer: _Timer,
+                         progress: Callable[[float, str], None] | None) -> ABResult:
+    with thread_context(settings.threads):
         prepared = {name: _prepare(name, models[name], input_size, settings, device) for name in names}
         for item in prepared.values():  # warm-up, not timed
             _run_block(item, settings.warmup, settings, device)
@@ -256,7 +184,7 @@ def compare_fps(
                 order.append(name)
             if progress is not None:
                 progress((round_index + 1) / settings.repeats, f"round {round_index + 1} of {settings.repeats}")
-        threads_used = torch.get_num_threads()
+        threads_used = torch.get_numthread_context()
     description = device_description(device)
     if device.type == "cpu":
         description = description.split(",")[0] + f", {threads_used} threads)"

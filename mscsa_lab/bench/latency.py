@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from mscsa_lab.bench.fps import BenchmarkSettings, _precision_context, _threads, resolve_device
+from mscsa_lab.bench.settings import BenchmarkSettings, benchmark_context, resolve_device
 from mscsa_lab.analysis.components import model_components
 from mscsa_lab.io.export import ResultTable
 from mscsa_lab.io.metadata import run_metadata
@@ -116,7 +116,7 @@ def component_latency(
     x = torch.randn(settings.batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
     recorded_steps = settings.steps * settings.repeats
     try:
-        with _threads(settings.threads), torch.inference_mode(), _precision_context(settings.precision, device):
+        with benchmark_context(settings, device):
             for _ in range(settings.warmup):
                 model(x)
             stopwatch.recording = True

@@ -18,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = ["ImageError", "PreparedImage", "load_image", "prepare_image", "MAX_PIXELS", "MIN_SIDE", "FIT_MODES"]
 
@@ -25,8 +26,6 @@ MAX_PIXELS = 40_000_000  # about 6300 x 6300; more is refused before decoding (b
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MIN_SIDE = 8
 FIT_MODES = ("pad", "crop")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageError(ValueError):
@@ -120,8 +119,8 @@ def prepare_image(
     source,
     input_size: tuple[int, int] = (224, 224),
     fit: str = "pad",
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
     interpolation: str = "bicubic",
 ) -> PreparedImage:
     """Load and turn an image into a normalised model input of ``input_size`` (height, width).

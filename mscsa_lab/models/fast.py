@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mscsa_lab.models.layers import ConvBN, fuse_modules
+from mscsa_lab.models.layers import ConvBN, bn_scale_shift, fuse_modules
 from mscsa_lab.models.mscsa import FFN, CrossScaleAttention, IntraFFN, MSCSABlock
 
 __all__ = ["FastCrossScaleAttention", "FastFFN", "FastIntraFFN", "FastMSCSABlock", "make_fast"]
@@ -57,8 +57,7 @@ def _stack_1x1(convs: list[nn.Conv2d]) -> nn.Conv2d:
 def _fold_input_bn(bn: nn.BatchNorm2d, conv: nn.Conv2d, channels: slice | None = None) -> nn.Conv2d:
     """conv(bn(x)) as one 1x1 conv; ``channels`` selects the slice of BN that feeds this conv."""
     conv = _as_conv(copy.deepcopy(conv))
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
+    scale, shift = bn_scale_shift(bn)
     if channels is not None:
         scale, shift = scale[channels], shift[channels]
     weight = conv.weight  # out, in, 1, 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ConvBN", "Fusable", "fold_bn_into_linear", "fuse_modules", "make_activation", "ACTIVATIONS"]
+__all__ = ["ConvBN", "Fusable", "bn_scale_shift", "fold_bn_into_linear", "fuse_modules", "make_activation", "ACTIVATIONS"]
 
 # Activations a user may pick for the FFNs (the paper does not name one; Hardswish is our default).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -28,6 +28,13 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(
             f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
         ) from None
+
+
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with ``bn(x) == x * scale + shift`` per channel in eval mode: the one
+    formula every BN fold in this package uses."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
 
 class Fusable:
@@ -64,8 +71,8 @@ class ConvBN(Fusable, nn.Sequential):
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
-        conv, bn = self.conv, self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv = self.conv
+        scale, shift = bn_scale_shift(self.bn)
         fused = nn.Conv2d(
             conv.in_channels,
             conv.out_channels,
@@ -78,15 +85,14 @@ class ConvBN(Fusable, nn.Sequential):
             dtype=conv.weight.dtype,
         )
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        fused.bias.copy_(shift)
         return fused
 
 
 @torch.no_grad()
 def fold_bn_into_linear(bn: nn.modules.batchnorm._BatchNorm, linear: nn.Linear) -> nn.Linear:
     """A Linear equal to ``linear(bn(x))`` in eval mode (BN per input feature, before the Linear)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
+    scale, shift = bn_scale_shift(bn)
     fused = nn.Linear(
         linear.in_features, linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype
     )

@@ -31,6 +31,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
@@ -513,8 +514,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "pool_size": (7, 7),
         "crop_pct": 0.875,
         "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
         "first_conv": "tpm.stem.conv",
         "classifier": "head",
         "fixed_input_size": False,
