@@ -184,7 +184,7 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
                 order.append(name)
             if progress is not None:
                 progress((round_index + 1) / settings.repeats, f"round {round_index + 1} of {settings.repeats}")
-        threads_used = torch.get_numthread_context()
+        threads_used = torch.get_num_threads()
     description = device_description(device)
     if device.type == "cpu":
         description = description.split(",")[0] + f", {threads_used} threads)"

@@ -17,7 +17,7 @@ scale (X0 full, X1 2x down, X2 3x down), upsampled onto the input image:
 - ``query``: the attention map of one query position over each scale.
 
 Each scale's K and V projections are separate modules (``key_proj[i]``, ``value_proj[i]``), so
-hook-based tools such as captum see one call per scale (see the spec's pitfalls).
+hook-based tools such as captum see one call per scale (see ``docs/DESIGN.md``, §2 and §8).
 """
 from __future__ import annotations
 
