@@ -11,7 +11,7 @@ import warnings
 
 import gradio as gr
 
-from webapp import handlers
+from webapp import handlers, training
 from mscsa_lab.models.config import DOWNSAMPLE_STRATEGIES
 from mscsa_lab.presets import list_profiles
 from mscsa_lab.explain.saliency import METHODS
@@ -85,6 +85,26 @@ def on_click(image, block, layer, fit, source, checkpoint, form, event: gr.Selec
     return grid, f"{prediction}; attention of the clicked point ({seconds:.1f} s)", mass, heads, npz
 
 
+def on_train(data, profile, backbone, mode, epochs, max_steps, batch, img_size, lr, pretrained, run_name):
+    """Stream a training run's progress; errors (bad folder, impossible numbers) become page messages."""
+    try:
+        fields = handlers.training_fields(data, profile, backbone, mode, epochs, max_steps, batch, img_size, lr,
+                                          pretrained)
+        for status, curves, finished in training.train_job(fields, run_name):
+            runs = gr.update(choices=_model_sources(), value=finished) if finished else gr.update()
+            yield status, (curves if curves is not None else gr.update()), runs
+    except gr.Error:
+        raise
+    except handlers.USER_ERRORS as error:
+        raise gr.Error(str(error)) from None
+
+
+def _model_sources() -> list[tuple[str, str]]:
+    """The Saliency tab's model choices: the demo model, the Build tab's model, every trained run."""
+    return ([("demo model (5 synthetic shapes)", "demo"), ("the Build tab's model", "build")]
+            + training.trained_runs())
+
+
 @_user_errors
 def on_compare(names, height, width, task, convention):
     return handlers.compare_action(names, height, width, task, convention)
@@ -116,6 +136,7 @@ def make_app() -> gr.Blocks:
                 use_intra_ffn = gr.Checkbox(True, label="Intra-FFN")
                 use_msp = gr.Checkbox(True, label="Multi-scale K/V (MSP)")
                 downsample = gr.Dropdown(list(DOWNSAMPLE_STRATEGIES), value="dwconv", label="MSP down-sampling")
+                pretrained = gr.Checkbox(False, label="Pretrained backbone (timm weights: downloaded, or from the cache)")
             build = gr.Button("Build", variant="primary", elem_id="build-button")
             build_status = gr.Markdown(elem_id="build-status")
             with gr.Row():
@@ -124,7 +145,8 @@ def make_app() -> gr.Blocks:
                 params = gr.Dataframe(label="Parameters")
             form_fields = dict(profile=profile, backbone=backbone, task=task, height=height, width=width, depth=depth,
                                num_heads=num_heads, key_dim=key_dim, mlp_ratio=mlp_ratio, squeeze_ratio=squeeze,
-                               use_pcp=use_pcp, use_intra_ffn=use_intra_ffn, use_msp=use_msp, downsample=downsample)
+                               use_pcp=use_pcp, use_intra_ffn=use_intra_ffn, use_msp=use_msp, downsample=downsample,
+                               pretrained=pretrained)
             build.click(functools.partial(on_build, tuple(form_fields)), list(form_fields.values()), [build_status, stages, scales, params, model_state], api_name="build")
 
         with gr.Tab("Profile"):
@@ -191,8 +213,8 @@ def make_app() -> gr.Blocks:
                     preview = gr.Image(label="As the model sees it: click a point for its attention", interactive=False,
                                        elem_id="saliency-preview", height=288)
                 with gr.Column(scale=1):
-                    source = gr.Radio([("demo model (synthetic shapes)", "demo"), ("the Build tab's model", "build")],
-                                      value="demo", label="Model")
+                    source = gr.Dropdown(_model_sources(), value="demo", label="Model (trained runs appear here)",
+                                         elem_id="saliency-source")
                     checkpoint = gr.File(label="Checkpoint for the Build tab's model (.safetensors / .pth, up to 512 MB)",
                                          file_types=[".safetensors", ".pth", ".pt"], type="filepath")
                     method = gr.Dropdown(list(METHODS), value="gradxact", label="Method (gradxact = HiResCAM, class-targeted)")
@@ -215,6 +237,38 @@ def make_app() -> gr.Blocks:
                 trigger(on_upload, [image, fit, source, model_state], [preview])
             preview.select(on_click, [image, block, layer, fit, source, checkpoint, model_state],
                            [grid, prediction, mass, heads, maps_file])
+
+        with gr.Tab("Train"):
+            gr.Markdown("Train MSCSA on your own images (an ImageFolder: class sub-folders, or train/ and val/ "
+                        "with class sub-folders) or on the built-in synthetic shapes. `mscsa-only` freezes the "
+                        "backbone (fast, best with a pretrained backbone). Runs are saved in "
+                        f"`{training.runs_dir()}` and appear in the Saliency tab.")
+            with gr.Row():
+                train_data = gr.Textbox("synthetic", label="Data: 'synthetic' or a folder on this machine",
+                                        elem_id="train-data")
+                train_profile = gr.Dropdown([("none", "")] + _profile_choices(True), value="",
+                                            label="Table 7 profile (MSCSA settings)")
+                train_backbone = gr.Textbox("resnet18", label="Backbone (timm name; blank = the profile's)",
+                                            elem_id="train-backbone")
+                train_mode = gr.Radio(["mscsa-only", "finetune", "scratch"], value="scratch", label="Mode")
+            with gr.Row():
+                train_epochs = gr.Number(2, label="Epochs", precision=0)
+                train_steps = gr.Textbox("", label="Max steps (blank = all epochs)", elem_id="train-steps")
+                train_batch = gr.Number(16, label="Batch", precision=0)
+                train_size = gr.Number(96, label="Image size", precision=0)
+                train_lr = gr.Textbox("", label="Learning rate (blank = default)")
+                train_pretrained = gr.Checkbox(False, label="Pretrained backbone")
+                train_name = gr.Textbox("", label="Run name (blank = date and time)", elem_id="train-name")
+            with gr.Row():
+                train_button = gr.Button("Start training", variant="primary", elem_id="train-button")
+                stop_button = gr.Button("Stop (keeps the last checkpoint)", elem_id="stop-button")
+            train_status = gr.Markdown(elem_id="train-status")
+            train_curves = gr.Plot(label="Loss and accuracy")
+            train_button.click(
+                on_train, [train_data, train_profile, train_backbone, train_mode, train_epochs, train_steps, train_batch,
+                           train_size, train_lr, train_pretrained, train_name],
+                [train_status, train_curves, source], api_name="train", concurrency_limit=1, concurrency_id="train")
+            stop_button.click(training.stop_training, None, [train_status], api_name="stop_training")
 
         with gr.Tab("Compare"):
             with gr.Row():
@@ -240,7 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public Gradio share link")
+    parser.add_argument("--runs-dir", default=None,
+                        help="folder for training runs (default: $MSCSA_LAB_RUNS or ./runs)")
     args = parser.parse_args(argv)
+    if args.runs_dir:
+        training.set_runs_dir(args.runs_dir)
     if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
         warnings.warn(
             f"MSCSA Lab is listening beyond this machine (host={args.host}, share={args.share}): anyone who can reach "

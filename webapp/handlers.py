@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "device_note",
     "output_dir",
     "USER_ERRORS",
+    "training_fields",
 ]
 
 USER_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, FileNotFoundError)
@@ -73,6 +75,36 @@ def _number(name: str, value: Any) -> float:
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    if _blank(value):
+        raise ConfigError(f"{name} is empty: give a whole number from {low} to {high}")
+    number = _number(name, value)
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(number)
+
+
+def training_fields(data: str, profile: str, backbone: str, mode: str, epochs: Any, max_steps: Any, batch: Any,
+                    img_size: Any, lr: Any, pretrained: bool) -> dict[str, Any]:
+    """The Train tab's form as ``TrainConfig`` fields (validated again by the engine)."""
+    fields: dict[str, Any] = dict(
+        data=(data or "").strip() or "synthetic", profile=(profile or "").strip() or None,
+        backbone=(backbone or "").strip() or None, mode=mode or None, pretrained=bool(pretrained),
+        epochs=_whole("epochs", epochs, 1, 1000), batch_size=_whole("batch", batch, 1, 1024),
+        img_size=_whole("image size", img_size, 32, 1024),
+    )
+    if fields["profile"] is None and fields["backbone"] is None:
+        raise ConfigError("give a backbone (a timm name such as resnet18) or pick a Table 7 profile")
+    if not _blank(max_steps):
+        fields["max_steps"] = _whole("max steps", max_steps, 1, 10**7)
+    if not _blank(lr):
+        rate = _number("learning rate", lr)
+        if not (math.isfinite(rate) and 0 < rate <= 10):
+            raise ConfigError(f"learning rate must be a number in (0, 10], got {lr!r}")
+        fields["lr"] = rate
+    return fields
+
+
 @dataclass(frozen=True)
 class ModelForm:
     """The Build tab's choices; blanks mean "as the profile says"."""
@@ -92,6 +124,7 @@ class ModelForm:
     use_msp: bool = True
     downsample: str = "dwconv"
     num_classes: int = 1000
+    pretrained: bool = False  # the backbone's timm weights (downloaded, or from the cache)
 
     def settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = dict(use_pcp=bool(self.use_pcp), use_intra_ffn=bool(self.use_intra_ffn),
@@ -116,7 +149,17 @@ class ModelForm:
     def build(self):
         backbone = (self.backbone or "").strip()
         return build_model(None if backbone else self.profile, backbone or None, self.task, self.input_size,
-                           num_classes=self.num_classes, **self.settings())
+                           num_classes=self.num_classes, pretrained=bool(self.pretrained), **self.settings())
+
+    def weights_note(self, checkpoint: str | None = None) -> str:
+        """Which weights this model has, said plainly, and how to get better ones."""
+        if checkpoint:
+            return f"Weights: your checkpoint {Path(checkpoint).name}."
+        if self.pretrained:
+            return ("Weights: the backbone's pretrained timm weights; MSCSA and its head are random until trained "
+                    "(Train tab, mode mscsa-only).")
+        return ("Weights: random initialisation: maps show the initialisation, not learned attention. Train the model "
+                "in the Train tab, tick 'pretrained backbone', or load a checkpoint in the Saliency tab.")
 
 
 @functools.lru_cache(maxsize=4)
@@ -140,7 +183,7 @@ def build_action(form: ModelForm) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.D
         f"**{summary['backbone']} + MSCSA** ({summary['task']}), input {height}x{width}: multi-stage map "
         f"{summary['mscsa_dim']} channels on a {'x'.join(map(str, summary['mscsa_grid']))} grid, "
         f"{sum(summary['tokens_per_scale'])} key/value tokens over {len(summary['tokens_per_scale'])} scales; "
-        f"{summary['params']['total'] / 1e6:.2f} M parameters."
+        f"{summary['params']['total'] / 1e6:.2f} M parameters.\n\n{form.weights_note()}"
     )
     return text, tables["stages"], tables["scales"], tables["params"]
 
@@ -259,7 +302,11 @@ def preprocessing_for(model, meta: dict | None = None) -> dict[str, Any]:
     """Mean, std and interpolation for a model's inputs: the demo model's own (from its metadata),
     else the backbone's timm pretrained config (ImageNet defaults when it has none)."""
     if meta is not None and "preprocessing" in meta:
-        return dict(mean=tuple(meta["preprocessing"]["mean"]), std=tuple(meta["preprocessing"]["std"]))
+        saved = meta["preprocessing"]
+        chosen = dict(mean=tuple(saved["mean"]), std=tuple(saved["std"]))
+        if saved.get("interpolation"):
+            chosen["interpolation"] = saved["interpolation"]
+        return chosen
     import timm
 
     try:
@@ -271,11 +318,34 @@ def preprocessing_for(model, meta: dict | None = None) -> dict[str, Any]:
     return dict(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation or "bicubic")
 
 
+@functools.lru_cache(maxsize=2)
+def _trained(folder: str, modified: float):
+    from mscsa_lab.io.checkpoints import load_trained
+
+    return load_trained(folder)
+
+
 def _saliency_model(source: str, form: ModelForm | None, checkpoint: str | None):
-    """The demo model, or the Build tab's model (with an uploaded checkpoint if given)."""
+    """(model for this request, class names, input size, run metadata or None, weights note): the
+    demo model, a trained run from the Train tab, or the Build tab's model (with an uploaded checkpoint
+    if given). Cached models are copied: a request never changes a model another one uses."""
+    if checkpoint and source != "build":
+        raise ConfigError("a checkpoint applies to the Build tab's model: choose \"the Build tab's model\" as the "
+                          "model, or remove the checkpoint")
     if source == "demo":
         model, meta = _demo()
-        return model, meta["classes"], tuple(meta["input_size"])
+        accuracy = meta.get("held_out_accuracy")
+        note = ("Weights: demo model: 5 synthetic shapes"
+                + (f" ({100 * accuracy:.1f}% held-out)" if isinstance(accuracy, (int, float)) else "")
+                + "; on real photographs it can only answer with a shape. Train on your own images in the Train tab.")
+        return copy.deepcopy(model), meta["classes"], tuple(meta["input_size"]), meta, note
+    if source != "build":
+        from webapp.training import run_folder, run_label
+
+        folder = run_folder(source)
+        model, meta = _trained(str(folder), (folder / "model.safetensors").stat().st_mtime)
+        return copy.deepcopy(model), list(meta["classes"]), tuple(meta["input_size"]), meta, \
+            f"Weights: {run_label(folder, meta)}."
     if form is None:
         raise ConfigError("build a model in the Build tab first, or use the demo model")
     if form.task != "classification":
@@ -285,7 +355,8 @@ def _saliency_model(source: str, form: ModelForm | None, checkpoint: str | None)
         from mscsa_lab.io.checkpoints import load_checkpoint
 
         load_checkpoint(model, checkpoint)
-    return model.eval(), [f"class {i}" for i in range(model.num_classes)], form.input_size
+    return model.eval(), [f"class {i}" for i in range(model.num_classes)], form.input_size, None, \
+        form.weights_note(checkpoint)
 
 
 def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kinds: Sequence[str] = ("key", "value"),
@@ -302,8 +373,8 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
     started = time.perf_counter()
     if image is None or (isinstance(image, str) and not image):
         raise ConfigError("upload an image or pick a sample first")
-    model, classes, size = _saliency_model(source, form, checkpoint)
-    prepared = prepare_image(image, size, fit=fit, **preprocessing_for(model, _demo()[1] if source == "demo" else None))
+    model, classes, size, meta, weights = _saliency_model(source, form, checkpoint)
+    prepared = prepare_image(image, size, fit=fit, **preprocessing_for(model, meta))
     target_index = None
     if not _blank(target) and str(target).strip() != "top-1":
         text = str(target).strip()
@@ -333,8 +404,8 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
     if first.head_maps is not None:
         heads_path = str(save_figure(head_grid(prepared.display, first, cmap), folder / "heads.png"))
     npz = save_maps(first, folder / "maps.npz")
-    return str(grid_path), f"Prediction: {prediction}" if prediction else "", mass, heads_path, str(npz), \
-        time.perf_counter() - started
+    text = f"{weights}\n\nPrediction: {prediction}" if prediction else weights
+    return str(grid_path), text, mass, heads_path, str(npz), time.perf_counter() - started
 
 
 def preview_action(image: str | None, fit: str = "pad", source: str = "demo", form: ModelForm | None = None,
@@ -344,7 +415,14 @@ def preview_action(image: str | None, fit: str = "pad", source: str = "demo", fo
 
     if image is None or (isinstance(image, str) and not image):
         return None
-    size = _demo()[1]["input_size"] if source == "demo" else (form or ModelForm()).input_size
+    if source == "demo":
+        size = _demo()[1]["input_size"]
+    elif source == "build":
+        size = (form or ModelForm()).input_size
+    else:
+        from webapp.training import run_folder, run_summary
+
+        size = run_summary(run_folder(source))["input_size"]
     return prepare_image(image, tuple(size), fit=fit).display  # the picture only: no normalisation involved
 
 

@@ -116,3 +116,34 @@ def plot_throughput(frame: pd.DataFrame, title: str = "") -> Figure:
     axis.legend()
     figure.tight_layout()
     return figure
+
+
+def plot_training_curves(points: list[dict], title: str = "") -> Figure:
+    """Loss and accuracy against optimizer steps: training (every logged step) and held-out (every
+    epoch). ``points`` are ``ProgressEvent.to_dict()`` rows; keys missing from a row are skipped."""
+    figure, (loss_axis, accuracy_axis) = new_figure(1, 2, figsize=(9, 3.2))
+    steps = [p for p in points if p.get("kind") == "step" and p.get("loss") is not None]
+    epochs = [p for p in points if p.get("kind") == "epoch" and p.get("metrics")]
+    if steps:
+        loss_axis.plot([p["step"] for p in steps], [p["loss"] for p in steps], label="train", color="#4477aa")
+        trained = [p for p in steps if p.get("accuracy") is not None]
+        accuracy_axis.plot([p["step"] for p in trained], [p["accuracy"] for p in trained], label="train",
+                           color="#4477aa")
+    held_out = [p for p in epochs if p["metrics"].get("loss") is not None]
+    if held_out:
+        loss_axis.plot([p["step"] for p in held_out], [p["metrics"]["loss"] for p in held_out], "o-", label="val",
+                       color="#cc6677")
+    held_out = [p for p in epochs if p["metrics"].get("top1") is not None]
+    if held_out:
+        accuracy_axis.plot([p["step"] for p in held_out], [p["metrics"]["top1"] for p in held_out], "o-",
+                           label="val top-1", color="#cc6677")
+    loss_axis.set(xlabel="optimizer step", ylabel="loss", title="Loss")
+    accuracy_axis.set(xlabel="optimizer step", ylabel="accuracy (%)", title="Top-1 accuracy", ylim=(0, 100))
+    for axis in (loss_axis, accuracy_axis):
+        if axis.lines:
+            axis.legend(loc="best", fontsize=8)
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,184 @@
+"""The Train tab's jobs: one training run at a time in a background thread, its progress streamed
+to the page, a Stop that ends it cleanly (the last checkpoint stays), and the runs it leaves on disk.
+
+Runs live in one folder (``--runs-dir``, the ``MSCSA_LAB_RUNS`` variable, default ``./runs``);
+each is a ``mscsa_lab.train`` output folder (``model.safetensors`` + ``model.json``), so the same
+run loads in the Saliency tab, with ``python -m mscsa_lab evaluate`` and with
+``mscsa_lab.io.checkpoints.load_trained``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from mscsa_lab.io.figures import plot_training_curves
+from mscsa_lab.models.config import ConfigError
+
+__all__ = ["runs_dir", "set_runs_dir", "trained_runs", "run_folder", "run_summary", "train_job", "stop_training"]
+
+_RUNS_DIR = Path(os.environ.get("MSCSA_LAB_RUNS") or "runs").resolve()
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FIGURE_INTERVAL_S = 1.0  # redraw the curves at most this often
+
+
+def runs_dir() -> Path:
+    return _RUNS_DIR
+
+
+def set_runs_dir(path: str | os.PathLike) -> Path:
+    """Where runs are written and found (the app's ``--runs-dir``)."""
+    global _RUNS_DIR
+    _RUNS_DIR = Path(path).expanduser().resolve()
+    return _RUNS_DIR
+
+
+def run_folder(value: str) -> Path:
+    """A run folder named by the page (a run name or a path under the runs folder); anything that
+    points elsewhere is refused, so a request cannot make the server load arbitrary files."""
+    candidate = Path(str(value))
+    candidate = (candidate if candidate.is_absolute() else runs_dir() / candidate).resolve()
+    if candidate.parent != runs_dir() or not (candidate / "model.json").is_file():
+        raise ConfigError(f"no trained run {Path(str(value)).name!r} in {runs_dir()}: train one in the Train tab")
+    return candidate
+
+
+def run_summary(folder: Path) -> dict[str, Any]:
+    """What a run's model.json says about it, for labels and notes."""
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def run_label(folder: Path, meta: dict[str, Any] | None = None) -> str:
+    meta = run_summary(folder) if meta is None else meta
+    top1 = (meta.get("metrics") or {}).get("top1")
+    accuracy = f", {top1:.1f}% val top-1" if isinstance(top1, (int, float)) else ""
+    classes = len(meta.get("classes") or [])
+    return f"trained run {folder.name} ({meta.get('backbone', '?')}, {classes} classes{accuracy})"
+
+
+def trained_runs() -> list[tuple[str, str]]:
+    """(label, run name) of every finished run in the runs folder, newest first."""
+    if not runs_dir().is_dir():
+        return []
+    folders = [f for f in runs_dir().iterdir() if (f / "model.json").is_file() and (f / "model.safetensors").is_file()]
+    folders.sort(key=lambda f: (f / "model.json").stat().st_mtime, reverse=True)
+    return [(run_label(f), f.name) for f in folders]
+
+
+@dataclass
+class _Job:
+    name: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    thread: threading.Thread | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+_lock = threading.Lock()
+_current: _Job | None = None
+
+
+def stop_training() -> str:
+    """Ask the running job to stop after its current step; its last checkpoint stays."""
+    with _lock:
+        job = _current
+    if job is None or job.thread is None or not job.thread.is_alive():
+        return "No training is running."
+    job.stop.set()
+    return f"Stopping {job.name} after the current step; its weights so far are kept."
+
+
+def _status(name: str, event: dict[str, Any] | None) -> str:
+    if event is None:
+        return f"**{name}**: preparing data and model..."
+    parts = [f"**{name}**: step {event['step']}/{event['total_steps']}",
+             f"epoch {event['epoch'] + 1}/{event['epochs']}"]
+    if event.get("loss") is not None:
+        parts.append(f"loss {event['loss']:.3f}")
+    if event.get("accuracy") is not None:
+        parts.append(f"train acc {event['accuracy']:.1f}%")
+    top1 = (event.get("metrics") or {}).get("top1")
+    if top1 is not None:
+        parts.append(f"val top-1 {top1:.1f}%")
+    if event.get("images_per_s"):
+        parts.append(f"{event['images_per_s']:.1f} img/s")
+    if event.get("eta_s") is not None:
+        parts.append(f"ETA {int(event['eta_s'])} s")
+    return ", ".join(parts)
+
+
+def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterator[tuple[str, Any, str | None]]:
+    """Run one training job; yields (status text, curves figure or None, run name once finished).
+
+    ``config_fields`` are ``mscsa_lab.train.TrainConfig`` fields (``out`` is set here, inside the
+    runs folder). Closing the generator (the page cancelled or went away) stops the run cleanly.
+    """
+    global _current
+    from mscsa_lab.train import TrainConfig, train
+
+    name = (name or "").strip() or time.strftime("run-%Y%m%d-%H%M%S")
+    if not _NAME.match(name):
+        raise ConfigError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (at most 64), starting with a "
+                          "letter or digit")
+    out = runs_dir() / name
+    config = TrainConfig(**{**config_fields, "out": str(out), "command": f"app Train tab: {name}"}).validate()
+    job = _Job(name)
+    with _lock:
+        if _current is not None and _current.thread is not None and _current.thread.is_alive():
+            raise ConfigError(f"training run {_current.name} is still running: stop it first")
+        _current = job
+
+    def run() -> None:
+        try:
+            job.result = train(config, callbacks=[lambda event: job.events.put(event.to_dict())], stop=job.stop)
+        except BaseException as error:  # noqa: BLE001 - handed to the page below
+            job.error = error
+        finally:
+            job.events.put(None)
+
+    job.thread = threading.Thread(target=run, name=f"mscsa-train-{name}", daemon=True)
+    job.thread.start()
+    points: list[dict[str, Any]] = []
+    last_drawn = 0.0
+    try:
+        yield _status(name, None), None, None
+        while True:
+            item = job.events.get()
+            if item is None:
+                break
+            points.append(item)
+            now = time.monotonic()
+            if now - last_drawn >= FIGURE_INTERVAL_S or item["kind"] in ("epoch", "end"):
+                last_drawn = now
+                yield _status(name, item), plot_training_curves(points, name), None
+            else:
+                yield _status(name, item), None, None
+        job.thread.join()
+        if job.error is not None:
+            raise job.error
+        result = job.result
+        top1 = result.metrics.get("top1")
+        accuracy = f"{top1:.1f}% val top-1" if top1 is not None else "no held-out images"
+        verdict = {"completed": "finished", "stopped": "stopped by you", "max_steps": "reached its step limit"}
+        text = (f"**{name}** {verdict.get(result.status, result.status)}: {accuracy} after {result.steps} steps "
+                f"({result.wall_s:.0f} s, {result.images_per_s:.1f} img/s). Saved in `{out}`; pick it as the model "
+                "in the Saliency tab.")
+        yield text, plot_training_curves(points, name), name
+    finally:
+        if job.thread.is_alive():  # the page went away or cancelled: stop, keep the last checkpoint
+            job.stop.set()
+            job.thread.join(timeout=60)
+        with _lock:
+            if _current is job:
+                _current = None
