@@ -252,10 +252,10 @@ def make_app() -> gr.Blocks:
                                             elem_id="train-backbone")
                 train_mode = gr.Radio(["mscsa-only", "finetune", "scratch"], value="scratch", label="Mode")
             with gr.Row():
-                train_epochs = gr.Number(2, label="Epochs", precision=0)
+                train_epochs = gr.Number(2, label="Epochs", precision=0, elem_id="train-epochs")
                 train_steps = gr.Textbox("", label="Max steps (blank = all epochs)", elem_id="train-steps")
-                train_batch = gr.Number(16, label="Batch", precision=0)
-                train_size = gr.Number(96, label="Image size", precision=0)
+                train_batch = gr.Number(16, label="Batch", precision=0, elem_id="train-batch")
+                train_size = gr.Number(96, label="Image size", precision=0, elem_id="train-size")
                 train_lr = gr.Textbox("", label="Learning rate (blank = default)")
                 train_pretrained = gr.Checkbox(False, label="Pretrained backbone")
                 train_name = gr.Textbox("", label="Run name (blank = date and time)", elem_id="train-name")

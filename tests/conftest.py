@@ -37,9 +37,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    """The whole app launched on a free localhost port for the module's tests."""
+def app_url(tmp_path_factory):
+    """The whole app launched on a free localhost port for the module's tests (runs go to a temp folder)."""
     import app as mscsa_app
+    from webapp import training
+
+    training.set_runs_dir(tmp_path_factory.mktemp("runs"))
 
     demo = mscsa_app.make_app()
     demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)

@@ -28,6 +28,7 @@ def page(app_url, tmp_path_factory):
         context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         page = context.new_page()
         page.set_default_timeout(120_000)
+        expect.set_options(timeout=60_000)  # a busy 2-core machine renders slowly; actions still must finish
         page.goto(app_url)
         expect(page.get_by_text("MSCSA Lab").first).to_be_visible()
         yield page
@@ -108,3 +109,28 @@ def test_whole_workflow_in_the_browser(page, tmp_path):
     page.locator("#build-button").click()
     expect(page.locator("#build-status")).to_contain_text("pvt_v2_b1 + MSCSA")
     print("slowest user actions (s):", {k: round(v, 2) for k, v in sorted(timings.items(), key=lambda kv: -kv[1])})
+
+
+def test_train_a_run_then_render_its_maps_in_the_browser(page):
+    open_tab(page, "Train")
+    for field, value in (("backbone", "resnet10t"), ("epochs", "1"), ("steps", "4"), ("batch", "8"), ("size", "64"),
+                         ("name", "browser-run")):
+        page.locator(f"#train-{field} textarea, #train-{field} input").first.fill(value)
+    start = time.perf_counter()
+    page.locator("#train-button").click()
+    expect(page.locator("#train-status")).to_contain_text("browser-run reached its step limit", timeout=240_000)
+    expect(page.locator("#train-status")).to_contain_text("val top-1")
+    print(f"browser training run of 4 steps: {time.perf_counter() - start:.1f} s")
+    screenshot(page, "train")
+
+    # The run is offered in the Saliency tab and renders with its own classes
+    open_tab(page, "Saliency")
+    upload = page.locator("#saliency-image input[type=file]")
+    if upload.count():  # the file input is replaced by the file once one is uploaded (the workflow test did)
+        upload.set_input_files(str(SAMPLE))
+    page.locator("#saliency-source input").click()
+    page.get_by_role("option", name="trained run browser-run").click()
+    page.locator("#saliency-button").click()
+    expect(page.locator("#saliency-prediction")).to_contain_text("Weights: trained run browser-run (resnet10t, 5 classes")
+    expect(page.locator("#saliency-prediction")).to_contain_text("Prediction:")
+    expect(page.locator("#saliency-grid img")).to_be_visible()

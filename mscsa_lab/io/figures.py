@@ -123,7 +123,7 @@ def plot_training_curves(points: list[dict], title: str = "") -> Figure:
     epoch). ``points`` are ``ProgressEvent.to_dict()`` rows; keys missing from a row are skipped."""
     figure, (loss_axis, accuracy_axis) = new_figure(1, 2, figsize=(9, 3.2))
     steps = [p for p in points if p.get("kind") == "step" and p.get("loss") is not None]
-    epochs = [p for p in points if p.get("kind") == "epoch" and p.get("metrics")]
+    epochs = list({p["step"]: p for p in points if p.get("kind") in ("epoch", "end") and p.get("metrics")}.values())
     if steps:
         loss_axis.plot([p["step"] for p in steps], [p["loss"] for p in steps], label="train", color="#4477aa")
         trained = [p for p in steps if p.get("accuracy") is not None]
