@@ -130,3 +130,29 @@ def test_gradients_reach_every_parameter_of_tiny_classifier():
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reached: {missing}"
+
+
+def test_topformer_attention_is_unscaled_as_published_with_a_switch_for_the_scaled_reading():
+    from mscsa_lab.models.topformer import Attention
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 5, 6)
+    published = Attention(32, key_dim=8, num_heads=2).eval()
+    scaled = Attention(32, key_dim=8, num_heads=2, scaled=True).eval()
+    scaled.load_state_dict(published.state_dict())
+
+    def reference(layer, scale):
+        b, _, h, w = x.shape
+        q = layer.q(x).reshape(b, 2, 8, h * w).transpose(-2, -1)
+        k = layer.k(x).reshape(b, 2, 8, h * w).transpose(-2, -1)
+        v = layer.v(x).reshape(b, 2, 16, h * w).transpose(-2, -1)
+        out = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+        return layer.proj(layer.act(out.transpose(-2, -1).reshape(b, 32, h, w)))
+
+    with torch.no_grad():
+        torch.testing.assert_close(published(x), reference(published, 1.0))
+        torch.testing.assert_close(scaled(x), reference(scaled, 8 ** -0.5))
+        assert not torch.allclose(published(x), scaled(x))
+    model = timm.create_model("topformer_tiny", attn_scaled=True)
+    assert all(block.attn.scale == 16 ** -0.5 for block in model.sase)
+    assert all(block.attn.scale == 1.0 for block in timm.create_model("topformer_tiny").sase)

@@ -8,7 +8,8 @@ Data flow (all tensors BCHW)::
     image --stem (3x3 s2 conv)--> MobileNetV2 inverted residuals = Token Pyramid Module (TPM)
           taps at strides 4, 8, 16, 32 = the four token maps T1..T4
     T1..T4 --avg-pool to one size--> concat (C = sum Ci) --> Scale-Aware Semantics Extractor (SASE):
-          depth x [x += Attention(x) (LeViT conv+BN q/k/v); x += FFN(x) (1x1, 3x3 dw, 1x1)]
+          depth x [x += Attention(x) (LeViT conv+BN q/k/v, softmax(QK^T)V unscaled as published);
+                   x += FFN(x) (1x1, 3x3 dw, 1x1)]
     classification (``TopFormer``): SASE output -> BN -> global average pool -> Linear
     segmentation (``TopFormerSeg``): the SASE output split back into the stages' channel slices
           -> Semantic Injection Module on T2..T4: ConvBN(T_i) * hsigmoid(ConvBN(g_i)) + ConvBN(g_i)
@@ -184,7 +185,10 @@ def pool_tokens(tokens: Sequence[torch.Tensor], extra_stride: int = 1) -> torch.
 
 class Attention(nn.Module):
     """Multi-head self-attention with LeViT-style 1x1 conv+BN projections on a BCHW map:
-    q, k: dim -> heads*key_dim, v: dim -> heads*attn_ratio*key_dim; output: act -> 1x1 conv+BN."""
+    q, k: dim -> heads*key_dim, v: dim -> heads*attn_ratio*key_dim; output: act -> 1x1 conv+BN.
+
+    ``scaled``: TopFormer's published description computes softmax(QK^T)V with no 1/sqrt(d), so
+    the default leaves it out; ``scaled=True`` is the usual softmax(QK^T/sqrt(d))V reading."""
 
     def __init__(
         self,
@@ -193,8 +197,10 @@ class Attention(nn.Module):
         num_heads: int = 4,
         attn_ratio: float = 2.0,
         act_layer: type[nn.Module] = nn.ReLU6,
+        scaled: bool = False,
     ) -> None:
         super().__init__()
+        self.scale = key_dim**-0.5 if scaled else 1.0
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = int(attn_ratio * key_dim)
@@ -210,7 +216,7 @@ class Attention(nn.Module):
         q = self.q(x).reshape(batch, heads, self.key_dim, height * width).transpose(-2, -1)
         k = self.k(x).reshape(batch, heads, self.key_dim, height * width).transpose(-2, -1)
         v = self.v(x).reshape(batch, heads, self.value_dim, height * width).transpose(-2, -1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = out.transpose(-2, -1).reshape(batch, heads * self.value_dim, height, width)
         return self.proj(self.act(out))
 
@@ -245,9 +251,10 @@ class SemanticsBlock(nn.Module):
         drop: float = 0.0,
         drop_path: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU6,
+        attn_scaled: bool = False,
     ) -> None:
         super().__init__()
-        self.attn = Attention(dim, key_dim, num_heads, attn_ratio, act_layer)
+        self.attn = Attention(dim, key_dim, num_heads, attn_ratio, act_layer, attn_scaled)
         self.mlp = FFN(dim, mlp_ratio, act_layer, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -269,11 +276,13 @@ class SemanticsExtractor(nn.Sequential):
         mlp_ratio: float = 2.0,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        attn_scaled: bool = False,
     ) -> None:
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        super().__init__(
-            *[SemanticsBlock(dim, key_dim, num_heads, attn_ratio, mlp_ratio, drop_rate, r) for r in rates]
-        )
+        super().__init__(*[
+            SemanticsBlock(dim, key_dim, num_heads, attn_ratio, mlp_ratio, drop_rate, r, attn_scaled=attn_scaled)
+            for r in rates
+        ])
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -313,8 +322,10 @@ class TopFormer(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        attn_scaled: bool = False,
     ) -> None:
-        """``pool_stride``: extra pooling of the tokens below the stride-32 size (1 = 1/32, 2 = 1/64)."""
+        """``pool_stride``: extra pooling of the tokens below the stride-32 size (1 = 1/32, 2 = 1/64).
+        ``attn_scaled``: scale the attention logits by 1/sqrt(key_dim) (TopFormer as published does not)."""
         super().__init__()
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: only 'avg' (or '') is supported")
@@ -326,7 +337,7 @@ class TopFormer(nn.Module):
         self.token_channels = list(self.tpm.out_channels)
         self.num_features = self.head_hidden_size = sum(self.token_channels)
         self.sase = SemanticsExtractor(
-            self.num_features, depth, key_dim, num_heads, attn_ratio, mlp_ratio, 0.0, drop_path_rate
+            self.num_features, depth, key_dim, num_heads, attn_ratio, mlp_ratio, 0.0, drop_path_rate, attn_scaled
         )
         self.norm = nn.BatchNorm2d(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
@@ -478,6 +489,7 @@ class TopFormerSeg(nn.Module):
         in_chans: int = 3,
         drop_rate: float = 0.1,
         drop_path_rate: float = 0.0,
+        attn_scaled: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -486,7 +498,8 @@ class TopFormerSeg(nn.Module):
         self.tpm = TokenPyramidModule(blocks, out_blocks, stem_chs, in_chans)
         self.token_channels = list(self.tpm.out_channels)
         dim = sum(self.token_channels)
-        self.sase = SemanticsExtractor(dim, depth, key_dim, num_heads, attn_ratio, mlp_ratio, 0.0, drop_path_rate)
+        self.sase = SemanticsExtractor(dim, depth, key_dim, num_heads, attn_ratio, mlp_ratio, 0.0, drop_path_rate,
+                                       attn_scaled)
         self.sim = nn.ModuleList([SemanticInjection(self.token_channels[i], inject_chs) for i in self.inject_indices])
         self.decode_head = SegHead(inject_chs, num_classes, drop_rate, head_dw)
         self.feature_info = [
