@@ -137,77 +137,177 @@ def build_named_model(name: str, task: str = "classification", input_size: tuple
     return build_model(None, label, task, input_size, **settings)
 
 
-def _create_registered(profile_name: str, pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    # timm's factory passes these for every model; our weights come from the backbone's own cfg.
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return create_mscsa_model(profile_name, pretrained=pretrained, **kwargs)
+# --------------------------------------------------------------------------- timm registrations
+# (This section's own imports, kept here so that the section stands on its own.)
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+
+from timm.models import build_model_with_cfg, generate_default_cfgs  # noqa: E402
+from timm.models._features import FeatureGetterNet  # noqa: E402
+from torch import nn  # noqa: E402
+
+from mscsa_lab.models.mscsa_net import mscsa_pretrained_cfg  # noqa: E402
+
+# Registered name -> Table 7 profile.
+_REGISTERED: dict[str, str] = {
+    "resnet18_mscsa": "resnet18",
+    "resnet50_mscsa": "resnet50",
+    "pvt_v2_b0_mscsa": "pvt_v2_b0",
+    "pvt_v2_b1_mscsa": "pvt_v2_b1",
+    "pvt_v2_b2_mscsa": "pvt_v2_b2",
+    "swin_tiny_patch4_window7_224_mscsa": "swin_tiny",
+    "convnext_tiny_mscsa": "convnext_tiny",
+    "coat_tiny_mscsa": "coat_tiny",
+    "coat_small_mscsa": "coat_small",
+    "topformer_tiny_mscsa": "topformer_tiny",
+    "topformer_base_mscsa": "topformer_base",
+    "p2t_tiny_mscsa": "p2t_tiny",
+    "shunted_tiny_mscsa": "shunted_tiny",
+}
+# timm arguments an MSCSA model takes (besides its MSCSA settings, passed under their own names).
+_MODEL_ARGS = ("num_classes", "in_chans", "drop_rate", "drop_path_rate", "global_pool", "task", "img_size",
+               "pretrained_file", "backbone_kwargs", "features_only", "out_indices", "feature_cls", "device", "dtype")
+_SETTINGS = tuple(f.name for f in dataclasses.fields(MSCSAConfig) if f.name != "extra")
+# pretrained_cfg keys that name a weight source: for an MSCSA model they describe the backbone's weights.
+_SOURCE_KEYS = ("file", "state_dict", "url", "hf_hub_id", "hf_hub_filename", "source")
+
+
+def _registered_cfg(profile: Profile) -> dict[str, Any]:
+    """Data settings of the backbone's timm weights (the baseline's for backbones that load the
+    baseline's weights, as CoaT's serial blocks do); ImageNet defaults for backbones without."""
+    for name in (profile.backbone, profile.baseline_model):
+        try:
+            source = timm.models.get_pretrained_cfg(name)
+        except Exception:  # noqa: BLE001 - timm raises several types for unknown names
+            source = None
+        if source is not None:
+            return mscsa_pretrained_cfg(source)
+    return mscsa_pretrained_cfg(None)
+
+
+_PROFILES = {profile.name: profile for profile in list_profiles()}
+default_cfgs = generate_default_cfgs(
+    {name: _registered_cfg(_PROFILES[profile]) for name, profile in _REGISTERED.items()}
+)
+
+
+def _create_registered(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A registered ``*_mscsa`` model built through timm's ``build_model_with_cfg``.
+
+    ``pretrained=True`` loads the backbone's timm weights (MSCSA has none published); a weight
+    source in ``pretrained_cfg_overlay`` (e.g. ``file=``) or ``pretrained_file`` names the backbone's
+    weights. ``features_only=True`` builds the dense model and returns its four fused maps
+    (``out_indices`` picks among strides 4, 8, 16, 32). MSCSA settings go by their own names."""
+    profile = load_profile(_REGISTERED[variant]).require_available()
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    cache_dir = kwargs.pop("cache_dir", None)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    settings = {key: kwargs.pop(key) for key in list(kwargs) if key in _SETTINGS}
+    unknown = sorted(set(kwargs) - set(_MODEL_ARGS))
+    if unknown:
+        raise ConfigError(
+            f"{variant}: unknown argument(s) {unknown}. It takes timm's {', '.join(_MODEL_ARGS[:-2])} and "
+            f"the MSCSA settings {', '.join(_SETTINGS)}"
+        )
+    if "drop_path" in settings and kwargs.get("drop_path_rate") is not None:
+        raise ConfigError(f"{variant}: drop_path_rate sets stochastic depth of the backbone and MSCSA together, "
+                          "drop_path MSCSA's alone: give one of them")
+    feature_cls = kwargs.pop("feature_cls", "getter")
+    if kwargs.get("features_only"):
+        task = kwargs.setdefault("task", "dense")
+        if task != "dense":
+            raise ConfigError(f"{variant}: features_only=True returns the four fused maps of the dense model "
+                              f"(Fig. 5); task={task!r} has none: leave task out")
+        if feature_cls not in ("getter", FeatureGetterNet):
+            raise ConfigError(f"{variant}: features_only models use timm's feature getter (feature_cls='getter'), "
+                              f"got feature_cls={feature_cls!r}")
+    elif "out_indices" in kwargs:
+        raise ConfigError(f"{variant}: out_indices picks feature maps: it needs features_only=True")
+    config = profile.config.replace(**settings)
+    model = build_model_with_cfg(
+        # MSCSA has no weights of its own to load: the backbone's are loaded inside MSCSANet.
+        functools.partial(MSCSANet, pretrained=pretrained, weights_overlay=overlay, cache_dir=cache_dir),
+        variant,
+        pretrained=False,
+        pretrained_cfg=pretrained_cfg,
+        pretrained_cfg_overlay={key: value for key, value in overlay.items() if key not in _SOURCE_KEYS},
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+        backbone=profile.backbone,
+        config=config,
+        **kwargs,
+    )
+    if isinstance(model, MSCSANet):
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "first_conv": model.first_conv()}
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
 
 
 @register_model
-def resnet18_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("resnet18", pretrained, **kwargs)
+def resnet18_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("resnet18_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def resnet50_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("resnet50", pretrained, **kwargs)
+def resnet50_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("resnet50_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def pvt_v2_b0_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("pvt_v2_b0", pretrained, **kwargs)
+def pvt_v2_b0_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("pvt_v2_b0_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def pvt_v2_b1_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("pvt_v2_b1", pretrained, **kwargs)
+def pvt_v2_b1_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("pvt_v2_b1_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def pvt_v2_b2_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("pvt_v2_b2", pretrained, **kwargs)
+def pvt_v2_b2_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("pvt_v2_b2_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def swin_tiny_patch4_window7_224_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("swin_tiny", pretrained, **kwargs)
+def swin_tiny_patch4_window7_224_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("swin_tiny_patch4_window7_224_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def convnext_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("convnext_tiny", pretrained, **kwargs)
+def convnext_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("convnext_tiny_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def coat_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+def coat_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """CoaT Tiny's serial blocks with MSCSA in place of its parallel blocks."""
-    return _create_registered("coat_tiny", pretrained, **kwargs)
+    return _create_registered("coat_tiny_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def coat_small_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+def coat_small_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """CoaT Small's serial blocks with MSCSA in place of its parallel blocks."""
-    return _create_registered("coat_small", pretrained, **kwargs)
+    return _create_registered("coat_small_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def topformer_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+def topformer_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """TopFormer-T's token pyramid with MSCSA in place of its Scale-Aware Semantics Extractor."""
-    return _create_registered("topformer_tiny", pretrained, **kwargs)
+    return _create_registered("topformer_tiny_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def topformer_base_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
+def topformer_base_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """TopFormer-B's token pyramid with MSCSA in place of its Scale-Aware Semantics Extractor."""
-    return _create_registered("topformer_base", pretrained, **kwargs)
+    return _create_registered("topformer_base_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def p2t_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("p2t_tiny", pretrained, **kwargs)
+def p2t_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("p2t_tiny_mscsa", pretrained, **kwargs)
 
 
 @register_model
-def shunted_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> MSCSANet:
-    return _create_registered("shunted_tiny", pretrained, **kwargs)
+def shunted_tiny_mscsa(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _create_registered("shunted_tiny_mscsa", pretrained, **kwargs)

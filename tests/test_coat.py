@@ -27,8 +27,8 @@ def test_mscsa_takes_the_serial_stages_and_no_parallel_blocks():
     assert not any("parallel" in name for name, _ in coat.named_modules())
     assert model.backbone.channels == [152, 152, 152, 152]
     with torch.no_grad():
-        stages, mscsa_map = model.forward_features(torch.randn(1, 3, 224, 224))
-        assert model.forward_head(stages, mscsa_map).shape == (1, 10)
+        mscsa_map, stages = model.forward_intermediates(torch.randn(1, 3, 224, 224))
+        assert model.forward_head(mscsa_map).shape == (1, 10)
     assert mscsa_map.shape[-2:] == (14, 14)  # pooling 1/16: the stride-32 stage is upsampled
     assert len(model.mscsa.blocks) == 3
 

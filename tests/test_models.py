@@ -43,8 +43,8 @@ def test_classification_shapes_at_224_and_odd_size(profile):
     height, width = ODD_SIZE.get(profile.name, (197, 263))
     odd = build(profile, height, width, num_classes=10)
     with torch.no_grad():
-        stages, mscsa_map = odd.forward_features(torch.randn(1, 3, height, width))
-        logits = odd.forward_head(stages, mscsa_map)
+        mscsa_map, stages = odd.forward_intermediates(torch.randn(1, 3, height, width))
+        logits = odd.forward_head(mscsa_map)
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
     assert [s.shape[1] for s in stages] == odd.backbone.channels
     pooled_stage = (4, 8, 16, 32).index(profile.config.pool_stride)
@@ -103,7 +103,7 @@ def test_fused_equals_unfused(task):
     x = torch.randn(2, 3, 160, 192)
     with torch.no_grad():
         reference = model(x)
-        features_before = model.forward_head(*model.forward_features(x), pre_logits=True) if task == "classification" else None
+        features_before = model.forward_head(model.forward_features(x), pre_logits=True) if task == "classification" else None
         model.fuse()
         fused = model(x)
     assert model.is_fused and not any(isinstance(m, ConvBN) for m in model.modules() if m is not model.backbone)
@@ -111,7 +111,7 @@ def test_fused_equals_unfused(task):
     if task == "classification":
         assert isinstance(model.head.norm, torch.nn.Identity)  # the head's BN was folded too
         with torch.no_grad():
-            assert torch.allclose(model.forward_head(*model.forward_features(x), pre_logits=True), features_before, atol=1e-5)
+            assert torch.allclose(model.forward_head(model.forward_features(x), pre_logits=True), features_before, atol=1e-5)
     pairs = [(reference, fused)] if task == "classification" else list(zip(reference, fused))
     for ref, out in pairs:
         assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

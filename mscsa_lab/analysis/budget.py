@@ -12,33 +12,17 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 
 from mscsa_lab.registry import parse_input_size, resolve_name
 from mscsa_lab.models.config import ConfigError, MSCSAConfig
 from mscsa_lab.analysis.flops import flop_analysis
 from mscsa_lab.models.backbones import StageFeatures, create_timm_model
-from mscsa_lab.models.mscsa import MSCSA, ClassificationHead, DenseFusion
+from mscsa_lab.models.mscsa_net import MSCSAAddOn
 
 __all__ = ["BudgetResult", "fit_flops_budget", "SQUEEZE_GRID"]
 
 # Candidate squeeze ratios: none (no conv), then 16/16 down to 1/16.
 SQUEEZE_GRID: list[Fraction | None] = [None] + [Fraction(k, 16) for k in range(16, 0, -1)]
-
-
-class _AddOn(nn.Module):
-    """MSCSA plus its head or fusion, fed with precomputed stage maps."""
-
-    def __init__(self, channels: list[int], config: MSCSAConfig, task: str, num_classes: int) -> None:
-        super().__init__()
-        self.mscsa = MSCSA(channels, config, task)
-        self.head = ClassificationHead(self.mscsa.dim, num_classes) if task == "classification" else None
-        self.fusion = DenseFusion(self.mscsa.split_channels, channels, config.fusion_order) if task == "dense" else None
-
-    def forward(self, f1, f2, f3, f4):
-        features = [f1, f2, f3, f4]
-        x = self.mscsa(features)
-        return self.head(x) if self.head is not None else self.fusion(x, features)
 
 
 @dataclass
@@ -115,7 +99,7 @@ def fit_flops_budget(
         config = base.replace(num_heads=heads, key_dim=key_dim, squeeze_ratio=None if ratio is None else float(ratio))
         if min(config.squeezed_channels(channels)) < 1:
             return None
-        addon = _AddOn(channels, config, task, num_classes).eval()
+        addon = MSCSAAddOn(channels, config, task, num_classes).eval()
         added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
         tried.append(dict(heads=heads, key_dim=key_dim, squeeze_ratio=_ratio_text(ratio), added_gflops=added / 1e9,
                           share_pct=100 * added / backbone_flops, fits=added <= limit))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from mscsa_lab.models.config import MSCSAConfig
+from mscsa_lab.models.config import ConfigError, MSCSAConfig
 from mscsa_lab.models.layers import ConvBN, Fusable, fold_bn_into_linear, fuse_modules, make_activation
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "ClassificationHead",
     "DenseFusion",
     "scale_sizes",
+    "resolve_global_pool",
+    "GLOBAL_POOLS",
 ]
 
 
@@ -367,26 +369,65 @@ class MSCSA(nn.Module):
             )
 
 
+GLOBAL_POOLS = ("avg", "")
+
+
+def resolve_global_pool(global_pool: str | None) -> str:
+    """'avg' (global average pooling, Fig. 4) or '' (none; None means the same)."""
+    value = "" if global_pool is None else global_pool
+    if value not in GLOBAL_POOLS:
+        raise ConfigError(
+            f"global_pool={global_pool!r} is not supported: MSCSA's head averages the multi-stage map "
+            f"('avg', the default) or does no pooling ('' or None: the head then works per position)"
+        )
+    return value
+
+
 class ClassificationHead(Fusable, nn.Module):
     """Fig. 4: BN -> global average pool -> Linear. ``fuse()`` folds the BN into the Linear
-    (exact in eval mode, since the spatial mean commutes with a per-channel affine map)."""
+    (exact in eval mode, since the spatial mean commutes with a per-channel affine map).
 
-    def __init__(self, dim: int, num_classes: int, drop_rate: float = 0.0) -> None:
+    The BN and the Linear together are the classifier: pre-logits are the pooled MSCSA features
+    before the BN, so they are the same before and after ``fuse()``, and a head without classes
+    (``num_classes=0``) returns them. ``global_pool=''`` skips the pooling: pre-logits are the map
+    itself and logits are given per position (B x classes x h x w)."""
+
+    def __init__(self, dim: int, num_classes: int, drop_rate: float = 0.0, global_pool: str | None = "avg") -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.norm = nn.BatchNorm2d(dim)
+        self.in_features = self.num_features = dim
+        self.global_pool = resolve_global_pool(global_pool)
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.fc, nn.Linear):
+        self._make_classifier(num_classes)
+
+    def _make_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.norm: nn.Module = nn.BatchNorm2d(self.in_features)
+            self.fc: nn.Module = nn.Linear(self.in_features, num_classes)
             nn.init.trunc_normal_(self.fc.weight, std=0.02)
             nn.init.zeros_(self.fc.bias)
+        else:
+            self.norm = nn.Identity()
+            self.fc = nn.Identity()
+
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, untrained classifier for ``num_classes`` (0: none); ``global_pool`` None keeps the pooling."""
+        if global_pool is not None:
+            self.global_pool = resolve_global_pool(global_pool)
+        like = next(self.parameters(), None)
+        self._make_classifier(num_classes)
+        self.train(self.training)  # new layers follow the head's mode
+        if like is not None:
+            self.to(device=like.device, dtype=like.dtype)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``pre_logits`` returns the pooled MSCSA features before the BN, so the answer is the
-        same before and after ``fuse()`` moves the BN into the Linear."""
-        if pre_logits:
-            return x.mean(dim=(2, 3))
-        return self.fc(self.drop(self.norm(x).mean(dim=(2, 3))))
+        pool = self.global_pool == "avg"
+        if pre_logits or self.num_classes == 0:
+            return x.mean(dim=(2, 3)) if pool else x
+        x = self.norm(x)
+        if pool:
+            return self.fc(self.drop(x.mean(dim=(2, 3))))
+        return self.fc(self.drop(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def fuse(self) -> "ClassificationHead":
