@@ -1,6 +1,9 @@
 """Each tab's functions through gradio_client against the launched app."""
 from pathlib import Path
 
+import json
+
+import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 
@@ -52,9 +55,13 @@ def test_profile_tab_uses_the_built_model_and_offers_every_format(client):
     table, plot, files, notes = client.predict("mac", 1, api_name="/profile")
     components = [row[0] for row in table["data"]]
     assert "CSA 1 (block 1)" in components and "attention matmuls" in components
-    assert sorted(Path(f).suffix for f in files) == [".csv", ".json", ".md", ".png", ".svg", ".tex"]
+    assert sorted(Path(f).name.split(".", 1)[1] for f in files) == ["csv", "csv.meta.json", "json", "md", "png", "svg",
+                                                                      "tex"]
     csv = next(f for f in files if f.endswith(".csv"))
-    assert read_table(csv).metadata["model"] == "pvt_v2_b0 + MSCSA"
+    sidecar = next(f for f in files if f.endswith(".csv.meta.json"))
+    assert json.loads(Path(sidecar).read_text())["metadata"]["model"] == "pvt_v2_b0 + MSCSA"
+    plain = pd.read_csv(csv)  # no comment lines: plain pandas reads the table as it is
+    assert "CSA 1 (block 1)" in plain["Component"].tolist() and plain["FLOPs (G)"].dtype.kind == "f"
     assert "Operators fvcore does not count" in notes
 
 

@@ -181,6 +181,9 @@ def test_cli_profile_writes_every_format_and_lists_uncounted_ops(tmp_path, capsy
     printed = capsys.readouterr().out
     assert "CSA 1 (block 2)" in printed and "Operators fvcore does not count" in printed and "aten::gelu" in printed
     json_table = read_table(outputs[3])
+    plain = pd.read_csv(outputs[0])  # the CSV is the table alone: plain pandas reads it
+    assert plain.columns.tolist() == json_table.frame.columns.tolist()
+    assert plain["FLOPs (G)"].to_numpy() == pytest.approx(json_table.frame["FLOPs (G)"].to_numpy(), rel=1e-9)
     for path in outputs[:3]:
         other = read_table(path)
         assert other.frame["Component"].tolist() == json_table.frame["Component"].tolist()

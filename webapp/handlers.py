@@ -191,7 +191,10 @@ def build_action(form: ModelForm) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.D
 def _write_all(table, stem: Path, figure=None) -> list[str]:
     from mscsa_lab.io.figures import save_figure
 
+    from mscsa_lab.io.export import metadata_path
+
     files = [str(table.write(stem.with_suffix(suffix))) for suffix in (".csv", ".md", ".tex", ".json")]
+    files.append(str(metadata_path(files[0])))
     if figure is not None:
         files += [str(save_figure(figure, stem.with_suffix(suffix))) for suffix in (".svg", ".png")]
     return files

@@ -2,7 +2,9 @@
 
 Every format carries the metadata (input size, batch, library versions, device, date) and the notes
 (e.g. uncounted operators), and ``read_table`` parses each format back to the same numbers
-(Markdown and LaTeX to the printed precision).
+(Markdown and LaTeX to the printed precision). A CSV file holds the table alone, so that plain
+``pandas.read_csv(path)`` (or a spreadsheet) reads it as it is; its title, metadata and notes go to
+the JSON file beside it, ``<name>.csv.meta.json`` (``metadata_path``).
 """
 from __future__ import annotations
 
@@ -15,12 +17,18 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["ResultTable", "FORMATS", "format_for_path", "read_table"]
+__all__ = ["ResultTable", "FORMATS", "format_for_path", "read_table", "metadata_path"]
 
 FORMATS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".json": "json"}
 _META_TAG = "mscsa-lab-metadata:"
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def metadata_path(csv_path: str | Path) -> Path:
+    """The JSON file beside a CSV table that holds its title, metadata and notes."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.name + ".meta.json")
 
 
 def format_for_path(path: str | Path) -> str:
@@ -76,9 +84,12 @@ class ResultTable:
 
     # ------------------------------------------------------------------ writers
     def to_csv(self) -> str:
-        lines = [f"# title: {self.title}", f"# {_META_TAG} {json.dumps(self.metadata, default=str)}"]
-        lines += [f"# note: {note}" for note in self.notes]
-        return "\n".join(lines) + "\n" + self.frame.to_csv(index=False)
+        """The table alone (header and rows): what ``pandas.read_csv`` reads back as it is."""
+        return self.frame.to_csv(index=False)
+
+    def metadata_json(self) -> str:
+        return json.dumps(dict(title=self.title, metadata=self.metadata, notes=self.notes,
+                               columns=list(self.frame.columns)), indent=2, default=str)
 
     def to_markdown(self, precision: int = 3) -> str:
         columns = list(self.frame.columns)
@@ -138,22 +149,19 @@ class ResultTable:
         text = self.render(format_for_path(path), precision)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        if format_for_path(path) == "csv":
+            metadata_path(path).write_text(self.metadata_json(), encoding="utf-8")
         return path
 
 
 # ---------------------------------------------------------------------- readers
-def _read_csv(text: str) -> ResultTable:
-    title, metadata, notes, body = "", {}, [], []
-    for line in text.splitlines():
-        if line.startswith("# title: "):
-            title = line[len("# title: "):]
-        elif line.startswith(f"# {_META_TAG}"):
-            metadata = json.loads(line[len(f"# {_META_TAG}"):])
-        elif line.startswith("# note: "):
-            notes.append(line[len("# note: "):])
-        else:
-            body.append(line)
-    return ResultTable(title, pd.read_csv(io.StringIO("\n".join(body))), metadata, notes)
+def _read_csv(text: str, path: Path) -> ResultTable:
+    frame = pd.read_csv(io.StringIO(text))
+    sidecar = metadata_path(path)
+    if not sidecar.is_file():  # a CSV without its JSON: the numbers, without title or metadata
+        return ResultTable(path.stem, frame)
+    data = json.loads(sidecar.read_text(encoding="utf-8"))
+    return ResultTable(data.get("title", ""), frame, data.get("metadata", {}), data.get("notes", []))
 
 
 def _metadata_from_comment(text: str) -> dict[str, Any]:
@@ -201,7 +209,7 @@ def read_table(path: str | Path) -> ResultTable:
     """Parse a table written by ``ResultTable.write`` back (any of the four formats)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    readers = dict(csv=_read_csv, markdown=_read_markdown, latex=_read_latex, json=_read_json)
+    readers = dict(csv=lambda text: _read_csv(text, path), markdown=_read_markdown, latex=_read_latex, json=_read_json)
     try:
         return readers[format_for_path(path)](text)
     except (ValueError, KeyError, IndexError, json.JSONDecodeError) as error:
