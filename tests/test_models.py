@@ -85,9 +85,10 @@ def test_resnet_skips_the_stem():
 
 @pytest.mark.parametrize("task", ["classification", "dense"])
 def test_gradients_reach_every_parameter(task):
-    # timm zero-initialises each ResNet block's last BN, which blocks its branch's gradients at init.
+    # timm zero-initialises each ResNet block's last BN, and MSCSA its residual-closing BNs
+    # (weight_init="zero_residual"), which blocks those branches' gradients at init: both are turned off.
     model = create_mscsa_model("resnet18", task=task, num_classes=5, squeeze_ratio="1/8", num_heads=2, key_dim=8,
-                               backbone_kwargs=dict(zero_init_last=False))
+                               backbone_kwargs=dict(zero_init_last=False), weight_init="torch")
     model.train()
     outputs = model(torch.randn(2, 3, 96, 128))
     loss = outputs.square().mean() if task == "classification" else sum(o.square().mean() for o in outputs)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import randomize_batchnorm
-from mscsa_lab.models.config import MSCSAConfig
+from mscsa_lab.models.config import ConfigError, MSCSAConfig
 from mscsa_lab.models.layers import ConvBN
 from mscsa_lab.models.mscsa import (
     FFN,
@@ -240,3 +240,52 @@ def test_stored_attention_is_fresh():
     layer.store_attention = False
     layer(torch.randn(1, 8, 5, 5))
     assert layer.last_attention is None
+
+
+def test_fresh_blocks_start_as_identity_residuals_and_then_train():
+    """weight_init="zero_residual" (default, as LeViT/TopFormer): each residual branch ends in a BN at
+    weight 0, so a fresh block returns its input; one optimizer step later every branch learns."""
+    channels = (16, 32, 48, 64)
+    config = MSCSAConfig(num_heads=2, key_dim=8, depth=2)
+    module = MSCSA(channels, config)
+    x = torch.randn(2, sum(channels), 7, 7)
+    for mode in (True, False):
+        module.train(mode)
+        for block in module.blocks:
+            torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+    closing = {n for n, _ in module.named_parameters() if n.endswith(("proj.bn.weight", "fc2.bn.weight"))}
+    assert len(closing) == 2 * (2 + 1 + len(channels))  # per block: 2 CSA, the FFN, one FFN per stage
+    assert all(float(p.abs().sum()) == 0 for n, p in module.named_parameters() if n in closing)
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    fan_in = convs[0].in_channels // convs[0].groups * convs[0].kernel_size[0] * convs[0].kernel_size[1]
+    assert float(convs[0].weight.abs().max()) <= 2 * fan_in ** -0.5 + 1e-6  # truncated at 2 std
+
+    module.train()
+    features = [torch.randn(2, c, 7, 7) for c in channels]
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    for step in range(2):
+        optimizer.zero_grad()
+        module(features).square().mean().backward()
+        blocked = [n for n, p in module.named_parameters() if n.startswith("blocks") and not float(p.grad.abs().sum()) > 0]
+        if step == 0:  # only the closing BNs (and the BN biases before them) see a gradient at init
+            assert blocked and set(blocked).isdisjoint(closing)
+        else:
+            assert blocked == []
+        optimizer.step()
+
+    torch_init = MSCSA(channels, config.replace(weight_init="torch")).eval()
+    assert not torch.allclose(torch_init.blocks[0](x), x)
+    with pytest.raises(ConfigError, match="weight_init='xavier' is unknown"):
+        MSCSAConfig(weight_init="xavier")
+
+
+def test_variants_without_intra_ffn_use_their_own_ffn_ratio():
+    channels = (16, 32, 48, 64)
+    config = MSCSAConfig(num_heads=2, key_dim=8, mlp_ratio=3.0, mlp_ratio_without_intra=2.0)
+    with_intra = MSCSA(channels, config).blocks[0]
+    without = MSCSA(channels, config.with_ablation("+pcp")).blocks[0]
+    assert with_intra.ffn.fc1.conv.out_channels == 3 * 160
+    assert with_intra.intra_ffn.stage_ffns[0].fc1.conv.out_channels == 3 * 16
+    assert without.ffn.fc1.conv.out_channels == without.intra_ffn.fc1.conv.out_channels == 2 * 160
+    same = MSCSA(channels, config.replace(mlp_ratio_without_intra=None).with_ablation("+pcp")).blocks[0]
+    assert same.ffn.fc1.conv.out_channels == 3 * 160

@@ -158,8 +158,9 @@ class ModelForm:
         if self.pretrained:
             return ("Weights: the backbone's pretrained timm weights; MSCSA and its head are random until trained "
                     "(Train tab, mode mscsa-only).")
-        return ("Weights: random initialisation: maps show the initialisation, not learned attention. Train the model "
-                "in the Train tab, tick 'pretrained backbone', or load a checkpoint in the Saliency tab.")
+        return ("Weights: random initialisation: maps show the initialisation, not learned attention (class-targeted "
+                "maps are blank: MSCSA's residual branches start at zero). Train the model in the Train tab, tick "
+                "'pretrained backbone', or load a checkpoint in the Saliency tab.")
 
 
 @functools.lru_cache(maxsize=4)

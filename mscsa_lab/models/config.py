@@ -21,6 +21,9 @@ __all__ = [
     "ATTENTION_IMPLS",
     "FUSION_ORDERS",
     "ABLATION_PRESETS",
+    "TABLE4_VARIANTS",
+    "TABLE5_VARIANTS",
+    "WEIGHT_INITS",
     "parse_ratio",
 ]
 
@@ -28,15 +31,26 @@ DOWNSAMPLE_STRATEGIES = ("dwconv", "avgpool", "cascade", "single")
 ATTENTION_IMPLS = ("sdpa", "explicit")
 FUSION_ORDERS = ("conv_first", "upsample_first")
 UPSAMPLE_MODES = ("bilinear", "nearest")
+WEIGHT_INITS = ("zero_residual", "torch")
 POOL_STRIDES = (4, 8, 16, 32, 64, 128)
 
-# Table 4 of the paper, cumulative: each preset adds one component to the previous one.
-ABLATION_PRESETS: dict[str, dict[str, bool]] = {
+# Table 4 of the paper, cumulative: each variant adds one component to the previous one. Variants
+# without Intra-FFN use ``mlp_ratio_without_intra`` for their FFNs when a profile sets it (the paper
+# raised TopFormer's FFN ratio only because Intra-FFN replaced half of the FFNs).
+TABLE4_VARIANTS: dict[str, dict[str, Any]] = {
     "none": dict(use_pcp=False, use_intra_ffn=False, use_msp=False),
     "+pcp": dict(use_pcp=True, use_intra_ffn=False, use_msp=False),
     "+intra_ffn": dict(use_pcp=True, use_intra_ffn=True, use_msp=False),
     "+msp": dict(use_pcp=True, use_intra_ffn=True, use_msp=True),
 }
+# Table 5: how the multi-scale keys/values are made, on the full model.
+TABLE5_VARIANTS: dict[str, dict[str, Any]] = {
+    "dwconv": dict(use_pcp=True, use_intra_ffn=True, use_msp=True, downsample="dwconv"),
+    "avgpool": dict(use_pcp=True, use_intra_ffn=True, use_msp=True, downsample="avgpool"),
+    "cascade": dict(use_pcp=True, use_intra_ffn=True, use_msp=True, downsample="cascade"),
+    "single": dict(use_pcp=True, use_intra_ffn=True, use_msp=True, downsample="single"),
+}
+ABLATION_PRESETS: dict[str, dict[str, Any]] = {**TABLE4_VARIANTS, **TABLE5_VARIANTS}
 
 
 class ConfigError(ValueError):
@@ -71,6 +85,8 @@ class MSCSAConfig:
     squeeze_ratio: per-stage 1x1 conv+BN ratio Ci -> round(Ci * r); None = no squeeze conv.
     key_dim: per-head query/key dim d; values get ``attn_ratio * d`` (LeViT; the paper uses 2).
     act_layer: the FFN/Intra-FFN activation (the paper names none; Hardswish by default).
+    mlp_ratio_without_intra: the FFN ratio of a model without Intra-FFN (``use_intra_ffn=False``);
+        None = ``mlp_ratio``. Table 4's rule for TopFormer: 3 with Intra-FFN, 2 without.
     use_pcp / use_intra_ffn / use_msp: the Table 4 component switches.
     downsample: how the multi-scale K/V inputs are made (Table 5): parallel depthwise convs
         ("dwconv", default), average pooling ("avgpool"), a cascade X2 = DWConv(X1) ("cascade") or
@@ -80,6 +96,9 @@ class MSCSAConfig:
         resolution and upsamples their results (TopFormer's order), "upsample_first" the reverse.
     upsample_mode: how stage maps smaller than the pooling target are enlarged (only when pooling
         finer than 1/32, e.g. CoaT's 1/16): "bilinear" (default) or "nearest".
+    weight_init: "zero_residual" (LeViT/TopFormer: the BN closing each residual branch starts at 0,
+        so a fresh block is the identity; convs truncated-normal with std 1/sqrt(fan-in)) or "torch" (PyTorch's
+        defaults, every BN weight 1).
     """
 
     pool_stride: int = 32
@@ -90,6 +109,7 @@ class MSCSAConfig:
     key_dim: int = 32
     attn_ratio: float = 2.0
     mlp_ratio: float = 2.0
+    mlp_ratio_without_intra: float | None = None
     act_layer: str = "hardswish"
     drop_path: float = 0.0
     use_pcp: bool = True
@@ -99,6 +119,7 @@ class MSCSAConfig:
     attn_impl: str = "sdpa"
     fusion_order: str = "conv_first"
     upsample_mode: str = "bilinear"
+    weight_init: str = "zero_residual"
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,9 +153,10 @@ class MSCSAConfig:
         need_int("depth", 1, 24)
         need_int("num_heads", 1, 64)
         need_int("key_dim", 1, 512)
-        for name, low, high in (("mlp_ratio", 0.0, 16.0), ("attn_ratio", 0.0, 16.0), ("squeeze_ratio", 0.0, 4.0)):
+        for name, low, high in (("mlp_ratio", 0.0, 16.0), ("mlp_ratio_without_intra", 0.0, 16.0),
+                                ("attn_ratio", 0.0, 16.0), ("squeeze_ratio", 0.0, 4.0)):
             value = getattr(self, name)
-            if value is None and name == "squeeze_ratio":
+            if value is None and name in ("squeeze_ratio", "mlp_ratio_without_intra"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 problems.append(f"{name} must be a finite number, got {value!r}")
@@ -149,6 +171,7 @@ class MSCSAConfig:
             ("attn_impl", ATTENTION_IMPLS),
             ("fusion_order", FUSION_ORDERS),
             ("upsample_mode", UPSAMPLE_MODES),
+            ("weight_init", WEIGHT_INITS),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} is unknown: choose one of {list(allowed)}")
@@ -182,6 +205,13 @@ class MSCSAConfig:
             return list(in_channels)
         return [int(round(c * self.squeeze_ratio)) for c in in_channels]
 
+    @property
+    def ffn_ratio(self) -> float:
+        """The FFN expansion ratio in effect (Table 4's rule: a smaller one without Intra-FFN)."""
+        if not self.use_intra_ffn and self.mlp_ratio_without_intra is not None:
+            return self.mlp_ratio_without_intra
+        return self.mlp_ratio
+
     def pool_stride_for(self, task: str) -> int:
         if task == "dense" and self.dense_pool_stride is not None:
             return self.dense_pool_stride
@@ -198,7 +228,8 @@ class MSCSAConfig:
         return dataclasses.replace(self, **changes)
 
     def with_ablation(self, preset: str) -> "MSCSAConfig":
-        """Apply one of the cumulative Table 4 presets: none, +pcp, +intra_ffn, +msp (= full)."""
+        """Apply a Table 4 variant (none, +pcp, +intra_ffn, +msp = full) or a Table 5 variant
+        (dwconv, avgpool, cascade, single)."""
         if preset not in ABLATION_PRESETS:
             raise ConfigError(f"unknown ablation preset {preset!r}: choose one of {list(ABLATION_PRESETS)}")
         return self.replace(**ABLATION_PRESETS[preset])

@@ -1,4 +1,4 @@
-r"""Multi-Stage Cross-Scale Attention (MSCSA), written from the paper and ``shared/MSCSA-SPEC.md``.
+r"""Multi-Stage Cross-Scale Attention (MSCSA), written from the paper and ``docs/DESIGN.md`` (§1-§4).
 
 Shang et al., "Vision Backbone Enhancement via Multi-Stage Cross-Scale Attention" (2023).
 
@@ -23,7 +23,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from mscsa_lab.models.config import ConfigError, MSCSAConfig
-from mscsa_lab.models.layers import ConvBN, Fusable, fold_bn_into_linear, fuse_modules, make_activation
+from mscsa_lab.models.layers import ConvBN, Fusable, fold_bn_into_linear, make_activation
 
 __all__ = [
     "CrossScaleAttention",
@@ -306,6 +306,28 @@ class MultiStageAggregation(nn.Module):
         return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
 
 
+def init_zero_residual(module: nn.Module) -> None:
+    """LeViT / TopFormer initialisation: every conv truncated-normal (std 1/sqrt(fan-in), cut at
+    2 std, so a fresh model's activations keep their scale in eval mode too), BN at weight 1 /
+    bias 0, except the BN closing each residual branch (CSA output projection, FFN and Intra-FFN
+    last conv), which starts at 0: a fresh MSCSA block is the identity and training grows each
+    branch from nothing instead of adding noise to the backbone's features."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            std = math.sqrt(1.0 / fan_in)
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        closing = m.proj if isinstance(m, CrossScaleAttention) else m.fc2 if isinstance(m, FFN) else None
+        if closing is not None:
+            nn.init.zeros_(closing.bn.weight)
+
+
 class MSCSA(nn.Module):
     """The add-on module: aggregation followed by ``depth`` MSCSA blocks. Returns the multi-stage
     map X (B, sum Ci', h, w); ``split_channels`` tells where each stage's part lies."""
@@ -330,7 +352,7 @@ class MSCSA(nn.Module):
                     num_heads=config.num_heads,
                     key_dim=config.key_dim,
                     attn_ratio=config.attn_ratio,
-                    mlp_ratio=config.mlp_ratio,
+                    mlp_ratio=config.ffn_ratio,
                     act_layer=config.act_layer,
                     drop_path=rate,
                     use_pcp=config.use_pcp,
@@ -342,6 +364,8 @@ class MSCSA(nn.Module):
                 for rate in drop_rates
             ]
         )
+        if config.weight_init == "zero_residual":
+            init_zero_residual(self)
 
     def attention_layers(self) -> list[CrossScaleAttention]:
         return [m for m in self.modules() if isinstance(m, CrossScaleAttention)]
