@@ -56,11 +56,15 @@ def _parse_setting(text: str) -> tuple[str, Any]:
     return key.strip(), raw.strip()
 
 
-def _add_common(parser: argparse.ArgumentParser, outputs: bool = True) -> None:
+def _add_common(parser: argparse.ArgumentParser, outputs: bool = True, segmentation: bool = False) -> None:
     parser.add_argument("--input", type=_parse_size, default=(224, 224), metavar="HxW",
                         help="input size, e.g. 224 (square), 512x512 or 800x1280 (default: 224x224)")
-    parser.add_argument("--task", choices=["classification", "dense"], default="classification",
-                        help="classification: MSCSA head gives logits; dense: four fused maps (default: classification)")
+    parser.add_argument("--task", choices=["classification", "dense"] + (["segmentation"] if segmentation else []),
+                        default="classification",
+                        help="classification: MSCSA head gives logits; dense: four fused maps"
+                             + ("; segmentation (TopFormer profiles only, Table 3): TopFormer's segmentation model "
+                                "with MSCSA in place of SASE" if segmentation else "")
+                             + " (default: classification)")
     parser.add_argument("--set", dest="settings", type=_parse_setting, action="append", default=[], metavar="NAME=VALUE",
                         help="change one MSCSA setting of the profile, e.g. --set depth=2 --set squeeze_ratio=1/2 "
                              "--set use_pcp=false (repeatable)")
@@ -98,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_argument("names", nargs="*", help="profile or timm backbone names")
     compare.add_argument("--all", action="store_true", help="every profile that can be built here")
-    _add_common(compare)
+    _add_common(compare, segmentation=True)
 
     budget = commands.add_parser("budget", help="fit MSCSA under a FLOPs cap (the paper's ~10%% rule)")
     budget.add_argument("name", help="a profile or timm backbone name")
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
     export.add_argument("--plot", action="append", default=[], metavar="FILE", help="write the figure: .png or .svg")
     export.add_argument("--precision", type=int, default=3, help="decimals in Markdown/LaTeX (default: 3)")
+    _add_training_commands(commands)
     return parser
 
 
@@ -230,14 +235,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0 if result.config is not None else 1
 
     if args.command in ("benchmark", "latency"):
-        from mscsa_lab.bench.fps import BenchmarkSettings
+        from mscsa_lab.bench.settings import BenchmarkSettings
 
         _check_paths(args.output, args.plot)
         settings = BenchmarkSettings(device=args.device, batch=args.batch, precision=args.precision,
                                      channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
                                      steps=args.steps, repeats=args.repeats, threads=args.threads).validate()
         if args.command == "benchmark":
-            from mscsa_lab.analysis.compare import throughput_comparison
+            from mscsa_lab.bench.comparison import throughput_comparison
             from mscsa_lab.presets import list_profiles
 
             names = list(args.names) + ([p.name for p in list_profiles() if p.available] if args.all else [])
@@ -266,7 +271,168 @@ def _run(args: argparse.Namespace) -> int:
         for path in _write_outputs(table, args.output, args.plot, args.precision):
             print(f"wrote {path}", file=sys.stderr)
         return 0
+    if args.command == "train":
+        return _run_train(args, settings)
+    if args.command == "evaluate":
+        return _run_evaluate(args)
     raise AssertionError(args.command)
+
+
+# ---------------------------------------------------------------------- train / evaluate
+TRAIN_EXAMPLES = """examples:
+  python -m mscsa_lab train --data synthetic --backbone resnet10t --img-size 96 --epochs 3 --out runs/shapes
+  python -m mscsa_lab train --data photos/ --profile resnet18 --mode mscsa-only --pretrained --out runs/r18
+  python -m mscsa_lab train --data photos/ --profile resnet18 --out runs/r18 --resume   # continue a run
+  python -m mscsa_lab train --data synthetic --backbone resnet10t --set depth=2 --set squeeze_ratio=1/2
+  torchrun --nproc_per_node 4 -m mscsa_lab train --data imagenet/ --profile pvt_v2_b1 --amp bf16 --out runs/b1
+  python -m mscsa_lab evaluate runs/shapes --data synthetic
+"""
+
+
+def _parse_backbone_arg(text: str) -> tuple[str, Any]:
+    """NAME=VALUE for timm's model constructor; VALUE as JSON when it parses (lists, numbers)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--backbone-arg takes NAME=VALUE (e.g. channels=[32,64,128,256]), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return _parse_setting(text)
+
+
+def _add_training_commands(commands) -> None:
+    from mscsa_lab.train.config import AMP_MODES, MODES
+
+    train = commands.add_parser(
+        "train", help="train a backbone+MSCSA classifier on an image folder or the synthetic shapes",
+        description="Train with timm's optimizers, schedulers, losses and transforms. Writes OUT/model.safetensors, "
+                    "OUT/model.json (everything needed to rebuild the model), OUT/history.csv and the resumable "
+                    "OUT/last/ state (every epoch). Several GPUs or machines: start it with torchrun.",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--data", required=True, metavar="DIR|synthetic",
+                       help="'synthetic' (built-in shapes, offline) or a folder: train/ and val/ of class folders, or "
+                            "one folder of class folders split by --val-fraction")
+    train.add_argument("--backbone", help="any timm backbone with stages at strides 4..32 (e.g. resnet10t)")
+    train.add_argument("--profile", help="a Table 7 profile (see 'profiles'), e.g. resnet18, pvt_v2_b0")
+    train.add_argument("--mode", choices=MODES, default=None,
+                       help="mscsa-only: backbone frozen, MSCSA+head train; finetune: all train; scratch: all train "
+                            "from random weights (default: finetune with --pretrained/--pretrained-file, else scratch)")
+    train.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
+    train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    train.add_argument("--batch", type=int, default=32, help="images per process per micro-batch (default: 32)")
+    train.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default: 1e-3 mscsa-only/scratch, 3e-4 finetune)")
+    train.add_argument("--opt", default="adamw", help="timm optimizer name (default: adamw)")
+    train.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (default: 0.05)")
+    train.add_argument("--sched", default="cosine", help="timm scheduler: cosine, step, poly, constant, none...")
+    train.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default: 0)")
+    train.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (default: 0.1)")
+    train.add_argument("--mixup", type=float, default=0.0, help="mixup alpha, 0 = off (default: 0)")
+    train.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha, 0 = off (default: 0)")
+    train.add_argument("--ema", action="store_true", help="keep an EMA of the weights (saved as the model)")
+    train.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
+    train.add_argument("--no-augment", action="store_true", help="no random crops/flips (evaluation transform)")
+    train.add_argument("--img-size", type=int, default=224, help="square input size (default: 224)")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="share held out when --data is one folder of class folders (default: 0.2)")
+    train.add_argument("--synthetic-train", type=int, default=2000, help="synthetic training images (default: 2000)")
+    train.add_argument("--synthetic-val", type=int, default=500, help="synthetic held-out images (default: 500)")
+    train.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<profile or backbone>)")
+    weights = train.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true",
+                         help="start from the backbone's timm weights already on this machine (never downloads)")
+    weights.add_argument("--pretrained-file", metavar="FILE", help="start from backbone weights in this file")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ state")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--amp", choices=AMP_MODES, default="none",
+                       help="bf16 or fp16 autocast (fp16 on CUDA only), or none = fp32 (default: none)")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels_last memory format (default: on for CUDA)")
+    train.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda (default: auto)")
+    train.add_argument("--workers", type=int, default=None, help="data loading processes (default: from the cores)")
+    train.add_argument("--drop-path", type=float, default=None, help="MSCSA drop path rate (same as --set drop_path=F)")
+    train.add_argument("--backbone-drop-path", type=float, default=0.0, help="the backbone's drop path rate")
+    train.add_argument("--backbone-arg", dest="backbone_args", type=_parse_backbone_arg, action="append", default=[],
+                       metavar="NAME=VALUE", help="timm constructor argument for the backbone, e.g. "
+                                                  "channels=[32,64,128,256] (repeatable)")
+    train.add_argument("--set", dest="settings", type=_parse_setting, action="append", default=[],
+                       metavar="NAME=VALUE", help="an MSCSA setting, e.g. --set depth=2 --set squeeze_ratio=1/2 "
+                                                  "(repeatable)")
+    train.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs, 0 = at the end (default: 1)")
+    train.add_argument("--log-every", type=int, default=1, help="progress update every N steps (default: 1)")
+    train.add_argument("--no-progress", action="store_true", help="one line per epoch instead of a progress bar")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a trained model folder: metrics JSON, per-class CSV, confusion CSV and PNG",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("model_dir", metavar="DIR", help="a training run's --out folder (model.safetensors + model.json)")
+    evaluate.add_argument("--data", required=True, metavar="DIR|synthetic", help="'synthetic' or an image folder")
+    evaluate.add_argument("--split", choices=["val", "train", "all"], default="val",
+                          help="val: the held-out images as in training (default); train; all")
+    evaluate.add_argument("--out", default=None, metavar="DIR", help="where to write the files (default: DIR/eval)")
+    evaluate.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    evaluate.add_argument("--workers", type=int, default=0, help="data loading processes (default: 0)")
+    evaluate.add_argument("--synthetic-count", type=int, default=None,
+                          help="synthetic images to evaluate (default: as many as were held out in training)")
+
+
+def _run_train(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    import shlex
+    import signal
+    import threading
+
+    from mscsa_lab.train import PrintProgress, TqdmProgress, TrainConfig, train
+
+    if args.drop_path is not None:
+        settings = {**settings, "drop_path": args.drop_path}
+    name = args.profile or args.backbone or "model"
+    out = args.out or str(Path("runs") / name)
+    config = TrainConfig(
+        data=args.data, profile=args.profile, backbone=args.backbone, backbone_kwargs=dict(args.backbone_args),
+        mscsa=settings, mode=args.mode, pretrained=args.pretrained, pretrained_file=args.pretrained_file,
+        img_size=args.img_size, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch,
+        accum_steps=args.accum_steps, lr=args.lr, opt=args.opt, weight_decay=args.weight_decay, sched=args.sched,
+        warmup_steps=args.warmup_steps, smoothing=args.smoothing, mixup=args.mixup, cutmix=args.cutmix,
+        ema=args.ema, clip_grad=args.clip_grad, augment=not args.no_augment, val_fraction=args.val_fraction,
+        synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val, amp=args.amp,
+        channels_last=args.channels_last, device=args.device, workers=args.workers,
+        backbone_drop_path=args.backbone_drop_path, seed=args.seed, eval_every=args.eval_every,
+        log_every=args.log_every, out=out, resume=args.resume,
+        command="python -m mscsa_lab " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    # Ctrl-C once: finish the current step, write the weights and the resumable state; twice: abort.
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_interrupt(signum, frame):  # noqa: ARG001
+            if stop.is_set():
+                raise KeyboardInterrupt
+            stop.set()
+            print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        progress = PrintProgress() if args.no_progress else TqdmProgress()
+        result = train(config, callbacks=[progress], stop=stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return 0 if result.status in ("completed", "max_steps", "stopped") else 1
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from mscsa_lab.train import evaluate_trained
+
+    result, paths = evaluate_trained(args.model_dir, args.data, args.out, split=args.split, batch_size=args.batch,
+                                     device=args.device, workers=args.workers, synthetic_count=args.synthetic_count)
+    print(f"top-1 {result.top1:.2f}%, top-{result.topk} {result.top5:.2f}%, loss {result.loss:.4f} "
+          f"on {result.count} images")
+    print(result.per_class().to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -121,3 +121,35 @@ def load_demo_model() -> tuple[nn.Module, dict[str, Any]]:
                                img_size=tuple(meta["input_size"]), backbone_kwargs=meta.get("backbone_kwargs"))
     load_checkpoint(model, DEMO_WEIGHTS)
     return model.eval(), meta
+
+
+def load_trained(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A model trained by ``mscsa_lab.train`` (``python -m mscsa_lab train``), rebuilt from
+    ``DIR/model.json`` and loaded from ``DIR/model.safetensors`` with nothing else given; returns
+    ``(model in eval mode, the metadata)``. The metadata holds the classes, input size and
+    preprocessing (mean, std, interpolation, crop) to prepare images the way training did."""
+    from mscsa_lab.registry import create_mscsa_model
+
+    directory = Path(directory)
+    meta_path = directory / "model.json"
+    if not directory.is_dir():
+        raise CheckpointError(f"trained model folder {str(directory)!r} does not exist")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{str(directory)!r} holds no model.json: is it the --out folder of a training run?")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{meta_path} is not readable JSON: {error}") from None
+    required = ("backbone", "mscsa", "num_classes", "classes", "input_size", "preprocessing")
+    missing = [key for key in required if key not in meta] if isinstance(meta, dict) else list(required)
+    if missing:
+        raise CheckpointError(f"{meta_path} lacks {', '.join(missing)}: it was not written by a training run")
+    weights = directory / Path(str(meta.get("weights") or "model.safetensors")).name  # never outside the folder
+    height, width = (int(v) for v in meta["input_size"])
+    model = create_mscsa_model(
+        meta.get("profile"), backbone=meta["backbone"], config=meta["mscsa"],
+        task=meta.get("task", "classification"), num_classes=int(meta["num_classes"]), img_size=(height, width),
+        backbone_kwargs=meta.get("backbone_kwargs") or None,
+    )
+    load_checkpoint(model, weights)
+    return model.eval(), meta

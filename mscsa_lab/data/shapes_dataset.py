@@ -1,0 +1,53 @@
+"""The synthetic shapes (``mscsa_lab.data.synthetic``) as a ``torch.utils.data.Dataset``.
+
+Each item is ``(PIL image, label)`` like torchvision's and timm's folder datasets, so the same
+timm transforms apply. Item ``i`` is ``make_sample(offset + i, seed, size)``: a pure function of
+its index, so a training split (offset 0) and a held-out split (``HELD_OUT_OFFSET``) never overlap
+and nothing is stored on disk.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mscsa_lab.data.synthetic import CLASSES, make_sample
+
+__all__ = ["SyntheticShapes", "HELD_OUT_OFFSET"]
+
+HELD_OUT_OFFSET = 1_000_000  # the demo model's held-out samples start here too
+
+
+class SyntheticShapes(Dataset):
+    """``count`` synthetic images of ``size`` x ``size`` pixels, labels index ``CLASSES``."""
+
+    classes = list(CLASSES)
+
+    def __init__(self, count: int, size: int = 96, seed: int = 0, offset: int = 0,
+                 transform: Callable[[Image.Image], Any] | None = None,
+                 min_fraction: float = 0.12, max_fraction: float = 0.8) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"the synthetic set needs at least one image, got count={count!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise ValueError(f"synthetic images must be at least 8 pixels wide, got size={size!r}")
+        self.count = count
+        self.size = size
+        self.seed = seed
+        self.offset = offset
+        self.transform = transform
+        self.min_fraction = min_fraction
+        self.max_fraction = max_fraction
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        if not -self.count <= index < self.count:
+            raise IndexError(f"index {index} is out of range for {self.count} images")
+        index %= self.count
+        sample = make_sample(self.offset + index, self.seed, self.size, self.min_fraction, self.max_fraction)
+        image = Image.fromarray(sample.image)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, sample.label
