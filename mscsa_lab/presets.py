@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 ATTACH_MODES = ("parallel", "replace_sase", "replace_parallel_blocks")
-PAPER_KEYS = ("flops_g", "flops_mscsa_g", "fps", "fps_mscsa", "top1", "top1_mscsa")
+# Table 6 (ImageNet-1k, 224x224) figures, and Table 3's segmentation FLOPs (ADE20K, 512x512; TopFormer).
+PAPER_KEYS = ("flops_g", "flops_mscsa_g", "fps", "fps_mscsa", "top1", "top1_mscsa", "seg_flops_g", "seg_flops_mscsa_g")
 _TOP_LEVEL_KEYS = {"name", "title", "backbone", "baseline", "model_name", "attach", "unavailable_reason", "mscsa",
                    "paper"}
 
