@@ -276,7 +276,8 @@ def make_app() -> gr.Blocks:
                                             label="Backbones", allow_custom_value=True)
                 compare_height = gr.Number(224, label="Input height", precision=0)
                 compare_width = gr.Number(224, label="Input width", precision=0)
-                compare_task = gr.Radio(["classification", "dense"], value="classification", label="Task")
+                compare_task = gr.Radio(["classification", "dense", "segmentation"], value="classification",
+                                        label="Task (segmentation: TopFormer profiles only)")
                 compare_convention = gr.Radio(["mac", "2x"], value="mac", label="FLOPs convention")
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             compare_table = gr.Dataframe(label="With and without MSCSA (paper's figures beside)", elem_id="compare-table")

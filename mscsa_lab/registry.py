@@ -16,6 +16,8 @@ from timm.models import register_model
 
 from mscsa_lab.models.config import ConfigError, MSCSAConfig
 from mscsa_lab.models.mscsa_net import MSCSANet
+from mscsa_lab.models.topformer import MODEL_CFGS as TOPFORMER_CFGS
+from mscsa_lab.models.topformer import TopFormerSegMSCSA
 from mscsa_lab.presets import Profile, ProfileError, list_profiles, load_profile
 
 __all__ = [
@@ -26,8 +28,11 @@ __all__ = [
     "parse_input_size",
     "MIN_SIDE",
     "MAX_SIDE",
+    "SEGMENTATION",
 ]
 
+# The task of TopFormer's segmentation model with MSCSA in place of SASE (the paper's Table 3).
+SEGMENTATION = "segmentation"
 MAX_SIDE = 4096
 MIN_SIDE = 32
 
@@ -68,18 +73,25 @@ def create_mscsa_model(
     backbone: str | None = None,
     config: MSCSAConfig | dict[str, Any] | None = None,
     task: str = "classification",
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     pretrained: bool = False,
     pretrained_file: str | os.PathLike | None = None,
     img_size: int | tuple[int, int] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
-    drop_rate: float = 0.0,
+    drop_rate: float | None = None,
     **overrides: Any,
-) -> MSCSANet:
+) -> MSCSANet | TopFormerSegMSCSA:
     """Build backbone+MSCSA from a Table 7 profile, or from any timm backbone and a custom config.
 
     ``overrides`` change single MSCSA settings of the profile (``depth=2``, ``squeeze_ratio="1/2"``).
     ``img_size`` is the input size for backbones built for one size (Swin); others ignore it.
+    ``num_classes``: 1000 unless given (150, ADE20K's, for segmentation); ``drop_rate``: the head's
+    dropout, 0 unless given (TopFormer's 0.1 for segmentation).
+
+    ``task``: "classification" (Fig. 4), "dense" (the four fused maps, Fig. 5) or, for the TopFormer
+    profiles only, "segmentation": TopFormer's segmentation model with MSCSA in place of SASE (the
+    paper's Table 3; ``TopFormerSegMSCSA``, logits at stride 8). ``backbone_kwargs`` then go to
+    ``TopFormerSegMSCSA`` (e.g. ``in_chans``).
     """
     if profile is not None:
         profile = load_profile(profile) if isinstance(profile, str) else profile
@@ -96,17 +108,59 @@ def create_mscsa_model(
         base = config
     if overrides:
         base = base.replace(**overrides)
+    if task == SEGMENTATION:
+        return _create_segmentation_model(profile, backbone, base, num_classes, drop_rate, pretrained,
+                                          pretrained_file, backbone_kwargs)
     return MSCSANet(
         backbone,
         base,
         task=task,
-        num_classes=num_classes,
-        drop_rate=drop_rate,
+        num_classes=1000 if num_classes is None else num_classes,
+        drop_rate=0.0 if drop_rate is None else drop_rate,
         pretrained=pretrained,
         pretrained_file=pretrained_file,
         img_size=img_size,
         backbone_kwargs=backbone_kwargs,
     )
+
+
+def _create_segmentation_model(
+    profile: Profile | None,
+    backbone: str,
+    config: MSCSAConfig,
+    num_classes: int | None,
+    drop_rate: float | None,
+    pretrained: bool,
+    pretrained_file: str | os.PathLike | None,
+    backbone_kwargs: dict[str, Any] | None,
+) -> TopFormerSegMSCSA:
+    """TopFormer's segmentation model with MSCSA in place of SASE, for a ``replace_sase`` profile
+    (or a TopFormer variant named as the backbone); a clear error for every other backbone."""
+    if (profile is not None and profile.attach != "replace_sase") or backbone not in TOPFORMER_CFGS:
+        topformers = ", ".join(p.name for p in list_profiles() if p.attach == "replace_sase")
+        what = (f"profile {profile.name!r} attaches MSCSA {profile.attach!r}" if profile is not None and
+                profile.attach != "replace_sase" else f"backbone {backbone!r} is not a TopFormer")
+        raise ConfigError(
+            f"task='segmentation' (MSCSA in place of SASE with TopFormer's semantic injection and light head, "
+            f"the paper's Table 3) exists only for the TopFormer profiles ({topformers}); {what}. For other "
+            f"backbones use task='dense' (the four fused maps of Fig. 5) and a segmentation head of your own"
+        )
+    if pretrained or pretrained_file is not None:
+        raise ConfigError(f"no weights are published for {backbone!r}: task='segmentation' starts from random "
+                          "weights, so leave pretrained and pretrained_file out")
+    num_classes = 150 if num_classes is None else num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a whole number >= 1 for segmentation, got {num_classes!r}")
+    drop_rate = 0.1 if drop_rate is None else drop_rate
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
+        raise ConfigError(f"drop_rate={drop_rate!r} must be a number in [0, 1)")
+    extra = dict(backbone_kwargs or {})
+    unknown = sorted(set(extra) - {"in_chans", "stem_chs", "inject_chs", "head_dw"})
+    if unknown:
+        raise ConfigError(f"task='segmentation': backbone_kwargs {unknown} are not taken; the TopFormer "
+                          "segmentation model takes in_chans, stem_chs, inject_chs and head_dw")
+    return TopFormerSegMSCSA.from_variant(backbone, config, num_classes=num_classes, drop_rate=float(drop_rate),
+                                          **extra)
 
 
 def build_model(
@@ -213,6 +267,19 @@ def _create_registered(variant: str, pretrained: bool = False, **kwargs: Any) ->
     if "drop_path" in settings and kwargs.get("drop_path_rate") is not None:
         raise ConfigError(f"{variant}: drop_path_rate sets stochastic depth of the backbone and MSCSA together, "
                           "drop_path MSCSA's alone: give one of them")
+    if kwargs.get("task") == SEGMENTATION:  # TopFormer's segmentation model with MSCSA (Table 3)
+        allowed = ("task", "num_classes", "drop_rate", "drop_path_rate", "in_chans", "img_size")
+        extra = sorted(set(kwargs) - set(allowed))
+        if extra or any(key in overlay for key in _SOURCE_KEYS):
+            raise ConfigError(f"{variant}: task='segmentation' takes {', '.join(allowed[1:])} and the MSCSA settings; "
+                              f"not {extra or 'a weight source'}")
+        if kwargs.get("drop_path_rate") is not None:
+            settings["drop_path"] = float(kwargs["drop_path_rate"])
+        model = create_mscsa_model(profile, task=SEGMENTATION, num_classes=kwargs.get("num_classes"),
+                                   drop_rate=kwargs.get("drop_rate"), pretrained=pretrained,
+                                   backbone_kwargs={"in_chans": kwargs["in_chans"]} if "in_chans" in kwargs else None,
+                                   **settings)
+        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
     feature_cls = kwargs.pop("feature_cls", "getter")
     if kwargs.get("features_only"):
         task = kwargs.setdefault("task", "dense")

@@ -2,7 +2,11 @@
 
 The baseline is the backbone as timm builds it: with its own classifier for classification, as a
 ``features_only`` model for dense prediction (the MSCSA model then returns the four fused maps).
-The paper's figures are placed beside ours where it reports them (224x224 classification only).
+For ``task="segmentation"`` (TopFormer profiles only, the paper's Table 3) the baseline is
+TopFormer's segmentation model with its SASE (``timm.create_model(name, task="dense")``) and
+"+MSCSA" the same model with MSCSA in place of SASE; both return logits at stride 8.
+The paper's figures are placed beside ours where it reports them: Table 6 for 224x224
+classification, Table 3 (FLOPs only) for segmentation at 512x512.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from mscsa_lab.io.export import ResultTable
 from mscsa_lab.analysis.flops import flop_analysis, uncounted_note
 from mscsa_lab.io.metadata import run_metadata
 from mscsa_lab.models.backbones import create_timm_model
-from mscsa_lab.registry import create_mscsa_model, resolve_name
+from mscsa_lab.registry import SEGMENTATION, create_mscsa_model, resolve_name
 from mscsa_lab.analysis.profiler import CONVENTIONS, convention_factor
 from mscsa_lab.presets import Profile
 
@@ -51,7 +55,8 @@ def build_pair(
     task: str = "classification",
     **settings: Any,
 ) -> tuple[str, Profile | None, torch.nn.Module, torch.nn.Module]:
-    """(label, profile or None, backbone alone as timm builds it, backbone+MSCSA), both in eval mode."""
+    """(label, profile or None, backbone alone as timm builds it, backbone+MSCSA), both in eval mode.
+    Segmentation (TopFormer profiles): TopFormer's segmentation model with SASE, and with MSCSA."""
     height, width = parse_input_size(*input_size)
     label, profile = resolve_name(name)
     backbone_name = profile.backbone if profile else label
@@ -60,7 +65,11 @@ def build_pair(
         profile.require_available()
     model = create_mscsa_model(profile, backbone=None if profile else backbone_name, task=task,
                                img_size=(height, width), **settings)
-    base_kwargs: dict[str, Any] = {"features_only": True} if task == "dense" else {}
+    base_kwargs: dict[str, Any] = {}
+    if task == "dense":
+        base_kwargs["features_only"] = True
+    elif task == SEGMENTATION:
+        base_kwargs["task"] = "dense"  # TopFormer's timm entry point builds TopFormerSeg for task="dense"
     base = create_timm_model(baseline_name, (height, width), **base_kwargs)
     return (profile.title if profile else label), profile, base.eval(), model.eval()
 
@@ -85,17 +94,32 @@ def measure_built_pair(label: str, profile: Profile | None, base: torch.nn.Modul
     flops_mscsa, uncounted_mscsa = _count(model, x)
     for op, count in uncounted_mscsa.items():
         uncounted[op] = max(uncounted.get(op, 0), count)
-    paper = profile.paper if (profile and task == "classification" and (height, width) == (224, 224)) else {}
     return ModelPair(
         name=label,
-        backbone=model.backbone.name,
+        backbone=getattr(model, "backbone_name", None) or model.backbone.name,
         flops=flops,
         flops_mscsa=flops_mscsa,
         params=sum(p.numel() for p in base.parameters()),
         params_mscsa=sum(p.numel() for p in model.parameters()),
         uncounted_ops=uncounted,
-        paper=dict(paper),
+        paper=paper_figures(profile, task, size),
     )
+
+
+# Paper keys of the segmentation figures (Table 3) -> the keys the table reads.
+_SEGMENTATION_PAPER_KEYS = {"seg_flops_g": "flops_g", "seg_flops_mscsa_g": "flops_mscsa_g"}
+
+
+def paper_figures(profile: Profile | None, task: str, size: tuple[int, int]) -> dict[str, float]:
+    """The paper's figures for this comparison, under the table's keys: Table 6 (FLOPs, FPS, top-1)
+    for classification at 224x224, Table 3 (FLOPs) for segmentation at 512x512, else none."""
+    if profile is None:
+        return {}
+    if task == "classification" and tuple(size) == (224, 224):
+        return {k: v for k, v in profile.paper.items() if k not in _SEGMENTATION_PAPER_KEYS}
+    if task == SEGMENTATION and tuple(size) == (512, 512):
+        return {ours: profile.paper[key] for key, ours in _SEGMENTATION_PAPER_KEYS.items() if key in profile.paper}
+    return {}
 
 
 def relative_change(new: float | None, old: float | None) -> float:
@@ -145,8 +169,14 @@ def comparison_table(
         for op, count in pair.uncounted_ops.items():
             uncounted[op] = max(uncounted.get(op, 0), count)
     height, width = input_size
-    notes = [f"FLOPs convention: {CONVENTIONS[convention]}.",
-             "Paper figures: Table 6 of Shang et al. (2023), ImageNet-1k at 224x224, FPS on one NVIDIA A100."]
+    notes = [f"FLOPs convention: {CONVENTIONS[convention]}."]
+    if task == SEGMENTATION:
+        notes.append("Segmentation: TopFormer's model with its SASE, and with MSCSA in place of SASE (TopFormer's "
+                     "injection and light head kept); logits at stride 8, the final upsampling not counted.")
+        notes.append("Paper figures: Table 3 of Shang et al. (2023), ADE20K at 512x512, FLOPs only "
+                     "(shown for 512x512 inputs).")
+    else:
+        notes.append("Paper figures: Table 6 of Shang et al. (2023), ImageNet-1k at 224x224, FPS on one NVIDIA A100.")
     notes.append(uncounted_note(uncounted))
     metadata = run_metadata(input_size=f"{height}x{width}", batch=batch, task=task, flops_convention=convention,
                             **(extra_metadata or {}))
