@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--plot", action="append", default=[], metavar="FILE", help="write the figure: .png or .svg")
     export.add_argument("--precision", type=int, default=3, help="decimals in Markdown/LaTeX (default: 3)")
     _add_training_commands(commands)
+    _add_ablate_command(commands)
     return parser
 
 
@@ -275,6 +276,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_train(args, settings)
     if args.command == "evaluate":
         return _run_evaluate(args)
+    if args.command == "ablate":
+        return _run_ablate(args, settings)
     raise AssertionError(args.command)
 
 
@@ -431,6 +434,72 @@ def _run_evaluate(args: argparse.Namespace) -> int:
           f"on {result.count} images")
     print(result.per_class().to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------- ablate
+ABLATE_EXAMPLES = """examples:
+  python -m mscsa_lab ablate demo --table 4 --seeds 0 1 --max-steps 300 -o table4_study.md -o table4_study.csv
+  python -m mscsa_lab ablate topformer_tiny --table 5 --img-size 96 --input 224 --no-fps
+  python -m mscsa_lab ablate demo --variant none --variant +msp --data photos/ --out runs/ablation
+"""
+
+
+def _add_ablate_command(commands) -> None:
+    ablate = commands.add_parser(
+        "ablate", help="ablation study: train Table 4/5 variants over several seeds, top-1 mean/std beside FLOPs and FPS",
+        description="Train every variant with every seed under the same data, then tabulate held-out top-1 (mean, "
+                    "std, n) beside FLOPs, parameters, the paper's FLOPs and an interleaved FPS ratio. NAME 'demo' "
+                    "is the demo model's shape (resnet10t at half width + a small MSCSA), quick on a CPU.",
+        epilog=ABLATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ablate.add_argument("name", nargs="?", default="demo",
+                        help="'demo' (default), a Table 7 profile (e.g. topformer_tiny) or a timm backbone")
+    which = ablate.add_mutually_exclusive_group()
+    which.add_argument("--table", choices=["4", "5"], default=None,
+                       help="Table 4 (components: none, +pcp, +intra_ffn, +msp) or Table 5 (down-sampling) (default: 4)")
+    which.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME",
+                       help="a Table 4/5 variant name, e.g. --variant none --variant +msp (repeatable)")
+    ablate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    ablate.add_argument("--data", default="synthetic", metavar="synthetic|DIR",
+                        help="'synthetic' (built-in shapes, default) or an image folder")
+    ablate.add_argument("--max-steps", type=int, default=300, help="optimizer steps per run (default: 300)")
+    ablate.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
+    ablate.add_argument("--img-size", type=int, default=64, help="training image size (default: 64)")
+    ablate.add_argument("--lr", type=float, default=None, help="learning rate (default: the engine's)")
+    ablate.add_argument("--synthetic-train", type=int, default=2000, help="synthetic training images (default: 2000)")
+    ablate.add_argument("--synthetic-val", type=int, default=500, help="synthetic held-out images (default: 500)")
+    ablate.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda (default: auto)")
+    ablate.add_argument("--workers", type=int, default=None, help="data loading processes (default: from the cores)")
+    ablate.add_argument("--input", type=_parse_size, default=(224, 224), metavar="HxW",
+                        help="input size for FLOPs, parameters and FPS (default: 224x224)")
+    ablate.add_argument("--no-fps", action="store_true", help="skip the interleaved FPS measurement")
+    ablate.add_argument("--backbone-arg", dest="backbone_args", type=_parse_backbone_arg, action="append", default=[],
+                        metavar="NAME=VALUE", help="timm constructor argument for the backbone (repeatable)")
+    ablate.add_argument("--set", dest="settings", type=_parse_setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="an MSCSA setting for every variant (the variant's switches win) (repeatable)")
+    ablate.add_argument("--out", default=None, metavar="DIR", help="write each run to DIR/NN-variant/seedK/ "
+                                                                  "(default: nothing written per run)")
+    ablate.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                        help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
+    ablate.add_argument("--precision", type=int, default=2, help="decimals in Markdown/LaTeX (default: 2)")
+
+
+def _run_ablate(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    from mscsa_lab.train.ablation import run_ablation
+
+    _check_paths(args.output, [])
+    variants = list(args.variants) if args.variants else f"table{args.table or '4'}"
+    train = dict(data=args.data, max_steps=args.max_steps, batch_size=args.batch, img_size=args.img_size, lr=args.lr,
+                 synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val, device=args.device,
+                 workers=args.workers)
+    if args.backbone_args:
+        train["backbone_kwargs"] = dict(args.backbone_args)
+    table = run_ablation(args.name, variants, seeds=args.seeds, train=train, input_size=args.input,
+                         fps=not args.no_fps, settings=settings, out=args.out,
+                         progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr, flush=True))
+    print(table.to_markdown(args.precision))
+    for path in _write_outputs(table, args.output, [], args.precision):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

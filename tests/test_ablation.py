@@ -1,0 +1,84 @@
+"""The ablation-study runner: variants x seeds trained on the synthetic shapes, tabulated with
+FLOPs (as ablation_flops counts them), an FPS ratio and top-1 mean/std, through the library and
+the command line."""
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mscsa_lab.analysis.ablation import ablation_flops
+from mscsa_lab.bench.settings import BenchmarkSettings
+from mscsa_lab.train import TrainingInputError
+from mscsa_lab.train.ablation import DEMO_BACKBONE, DEMO_BACKBONE_KWARGS, DEMO_MSCSA, resolve_variants, run_ablation
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(max_steps=2, batch_size=4, img_size=64, synthetic_train=16, synthetic_val=8, workers=0, device="cpu")
+FAST_FPS = BenchmarkSettings(device="cpu", batch=2, warmup=1, steps=1, repeats=3)
+VARIANTS = ["none", "+msp"]
+
+
+def _demo_flops(variants):
+    return ablation_flops(DEMO_BACKBONE, variants, (64, 64), backbone_kwargs=dict(DEMO_BACKBONE_KWARGS),
+                          **DEMO_MSCSA).frame.set_index("Variant")
+
+
+def test_library_two_variants_two_seeds(tmp_path):
+    messages = []
+    table = run_ablation("demo", VARIANTS, seeds=(0, 1), train=TINY, input_size=64, fps_settings=FAST_FPS,
+                         out=tmp_path / "runs", progress=lambda f, m: messages.append((f, m)))
+    frame = table.frame
+    assert list(frame["Variant"]) == VARIANTS and (frame["n"] == 2).all()
+    for column in ("Top-1 mean (%)", "Top-1 std", "FPS ratio", "Images/s", "FLOPs (M)", "Params (M)"):
+        assert frame[column].map(math.isfinite).all(), column
+    assert frame["FPS ratio"].iloc[0] == pytest.approx(1.0)
+    expected = _demo_flops(VARIANTS)
+    assert list(frame["FLOPs (M)"]) == pytest.approx(list(expected["FLOPs (M)"]))
+    assert list(frame["Params (M)"]) == pytest.approx(list(expected["Params (M)"]))
+    assert table.metadata["seeds"] == [0, 1] and "synthetic" in table.metadata["data"]
+    assert len(table.metadata["runs"]) == 4 and table.metadata["training"]["max_steps"] == 2
+    assert any("not a finding" in note for note in table.notes)
+    assert messages and messages[-1][0] == 1.0
+    assert (tmp_path / "runs" / "01-msp" / "seed1" / "model.safetensors").is_file()
+    csv = tmp_path / "study.csv"
+    table.write(csv)
+    back = pd.read_csv(csv)
+    assert list(back["Variant"]) == VARIANTS and (back["n"] == 2).all()
+
+
+def test_cli_study_without_fps(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    csv, md = tmp_path / "t.csv", tmp_path / "t.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "mscsa_lab", "ablate", "demo", "--variant", "none", "--variant", "+pcp",
+         "--seeds", "0", "1", "--max-steps", "2", "--batch", "4", "--img-size", "64", "--input", "64",
+         "--synthetic-train", "16", "--synthetic-val", "8", "--workers", "0", "--device", "cpu", "--no-fps",
+         "-o", str(csv), "-o", str(md)],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "run 4/4: +pcp, seed 1" in done.stderr and "| +pcp |" in done.stdout
+    frame = pd.read_csv(csv)
+    assert list(frame["Variant"]) == ["none", "+pcp"] and (frame["n"] == 2).all()
+    assert "FPS ratio" not in frame.columns
+    assert frame["Top-1 mean (%)"].map(math.isfinite).all() and frame["Top-1 std"].map(math.isfinite).all()
+    assert list(frame["FLOPs (M)"]) == pytest.approx(list(_demo_flops(["none", "+pcp"])["FLOPs (M)"]), abs=1e-3)
+    assert md.read_text().startswith("### Ablation study of demo")
+
+
+def test_bad_requests_give_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown ablation variant\(s\) \['\+bogus'\]"):
+        run_ablation("demo", ["none", "+bogus"], seeds=(0,), train=TINY, input_size=64)
+    with pytest.raises(ValueError, match="seeds repeat"):
+        run_ablation("demo", VARIANTS, seeds=(0, 0), train=TINY)
+    with pytest.raises(TrainingInputError, match="unknown training setting"):
+        run_ablation("demo", VARIANTS, seeds=(0,), train={"max_stepz": 2})
+    with pytest.raises(TrainingInputError, match="sets \\['seed'\\] itself"):
+        run_ablation("demo", VARIANTS, seeds=(0,), train={"seed": 3})
+    assert list(resolve_variants("5")) == ["dwconv", "avgpool", "cascade", "single"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "mscsa_lab", "ablate", "demo", "--variant", "nope"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert done.returncode == 2 and "unknown ablation variant(s) ['nope']" in done.stderr
