@@ -99,6 +99,19 @@ def on_train(data, profile, backbone, mode, epochs, max_steps, batch, img_size, 
         raise gr.Error(str(error)) from None
 
 
+def on_ablate(model, table, seeds, data, max_steps, batch, img_size, fps):
+    """Stream an ablation study's progress, then its table and files; bad numbers become page messages."""
+    try:
+        name, variants, seed_list, fields = handlers.ablation_fields(model, table, seeds, data, max_steps, batch,
+                                                                     img_size)
+        for status, frame, files in training.ablation_job(name, variants, seed_list, fields, fps=bool(fps)):
+            yield status, (frame if frame is not None else gr.update()), (files if files is not None else gr.update())
+    except gr.Error:
+        raise
+    except handlers.USER_ERRORS as error:
+        raise gr.Error(str(error)) from None
+
+
 def _model_sources() -> list[tuple[str, str]]:
     """The Saliency tab's model choices: the demo model, the Build tab's model, every trained run."""
     return ([("demo model (5 synthetic shapes)", "demo"), ("the Build tab's model", "build")]
@@ -269,6 +282,33 @@ def make_app() -> gr.Blocks:
                            train_size, train_lr, train_pretrained, train_name],
                 [train_status, train_curves, source], api_name="train", concurrency_limit=1, concurrency_id="train")
             stop_button.click(training.stop_training, None, [train_status], api_name="stop_training")
+            with gr.Accordion("Ablation study (the paper's Tables 4 and 5)", open=False):
+                gr.Markdown("Trains every variant of Table 4 (components) or Table 5 (down-sampling) with each seed "
+                            "under the same data, then tabulates held-out top-1 (mean, std over seeds) beside FLOPs, "
+                            "parameters, an FPS ratio and the paper's FLOPs. `demo` is a small model that runs in "
+                            "minutes on a CPU; a Table 7 profile or timm backbone takes longer. Stop ends the "
+                            "current run and keeps the finished ones.")
+                with gr.Row():
+                    ablate_model = gr.Textbox("demo", label="Model: demo, a profile or a timm backbone",
+                                              elem_id="ablate-model")
+                    ablate_table = gr.Radio(["4", "5"], value="4", label="Paper table")
+                    ablate_seeds = gr.Textbox("0 1", label="Seeds", elem_id="ablate-seeds")
+                    ablate_data = gr.Textbox("synthetic", label="Data: 'synthetic' or a folder")
+                with gr.Row():
+                    ablate_steps = gr.Number(100, label="Steps per run", precision=0, elem_id="ablate-steps")
+                    ablate_batch = gr.Number(32, label="Batch", precision=0, elem_id="ablate-batch")
+                    ablate_size = gr.Number(64, label="Image size", precision=0, elem_id="ablate-size")
+                    ablate_fps = gr.Checkbox(True, label="Measure the FPS ratio", elem_id="ablate-fps")
+                ablate_button = gr.Button("Run the study", variant="primary", elem_id="ablate-button")
+                ablate_status = gr.Markdown(elem_id="ablate-status")
+                ablate_frame = gr.Dataframe(label="Study (one row per variant)", elem_id="ablate-table")
+                ablate_files = gr.File(label="Downloads: CSV, Markdown, LaTeX, JSON", file_count="multiple",
+                                       elem_id="ablate-files")
+                ablate_button.click(
+                    on_ablate, [ablate_model, ablate_table, ablate_seeds, ablate_data, ablate_steps, ablate_batch,
+                                ablate_size, ablate_fps],
+                    [ablate_status, ablate_frame, ablate_files], api_name="ablate", concurrency_limit=1,
+                    concurrency_id="train")
 
         with gr.Tab("Compare"):
             with gr.Row():

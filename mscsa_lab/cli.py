@@ -6,8 +6,11 @@ by the file's suffix, ``--plot FILE`` writes PNG or SVG figures. Same functions 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -383,8 +386,6 @@ def _add_training_commands(commands) -> None:
 
 def _run_train(args: argparse.Namespace, settings: dict[str, Any]) -> int:
     import shlex
-    import signal
-    import threading
 
     from mscsa_lab.train import PrintProgress, TqdmProgress, TrainConfig, train
 
@@ -405,7 +406,16 @@ def _run_train(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         log_every=args.log_every, out=out, resume=args.resume,
         command="python -m mscsa_lab " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
-    # Ctrl-C once: finish the current step, write the weights and the resumable state; twice: abort.
+    with _graceful_stop("step") as stop:
+        progress = PrintProgress() if args.no_progress else TqdmProgress()
+        result = train(config, callbacks=[progress], stop=stop)
+    return 0 if result.status in ("completed", "max_steps", "stopped") else 1
+
+
+@contextlib.contextmanager
+def _graceful_stop(unit: str):
+    """Ctrl-C once sets the yielded flag (the work finishes its current ``unit``, keeps what it has and
+    returns); Ctrl-C twice aborts. Outside the main thread no handler can be set and the flag stays clear."""
     stop = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -413,16 +423,14 @@ def _run_train(args: argparse.Namespace, settings: dict[str, Any]) -> int:
             if stop.is_set():
                 raise KeyboardInterrupt
             stop.set()
-            print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+            print(f"\nstopping after this {unit} (Ctrl-C again to abort)", file=sys.stderr)
 
         previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        progress = PrintProgress() if args.no_progress else TqdmProgress()
-        result = train(config, callbacks=[progress], stop=stop)
+        yield stop
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    return 0 if result.status in ("completed", "max_steps", "stopped") else 1
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -495,9 +503,11 @@ def _run_ablate(args: argparse.Namespace, settings: dict[str, Any]) -> int:
                  workers=args.workers)
     if args.backbone_args:
         train["backbone_kwargs"] = dict(args.backbone_args)
-    table = run_ablation(args.name, variants, seeds=args.seeds, train=train, input_size=args.input,
-                         fps=not args.no_fps, settings=settings, out=args.out,
-                         progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr, flush=True))
+    # Ctrl-C once: the current run stops, the table holds the runs that finished (and is still written).
+    with _graceful_stop("training step") as stop:
+        table = run_ablation(args.name, variants, seeds=args.seeds, train=train, input_size=args.input,
+                             fps=not args.no_fps, settings=settings, out=args.out, stop=stop,
+                             progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr, flush=True))
     print(table.to_markdown(args.precision))
     for path in _write_outputs(table, args.output, [], args.precision):
         print(f"wrote {path}", file=sys.stderr)

@@ -82,3 +82,34 @@ def test_bad_requests_give_clear_errors():
     done = subprocess.run([sys.executable, "-m", "mscsa_lab", "ablate", "demo", "--variant", "nope"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert done.returncode == 2 and "unknown ablation variant(s) ['nope']" in done.stderr
+
+
+def test_cli_ctrl_c_stops_the_study_and_still_writes_the_table(tmp_path):
+    """Ctrl-C once during a long study: the current run stops, the command exits 0 and writes the table
+    of the runs that finished (none here), marked as stopped."""
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    csv = tmp_path / "t.csv"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mscsa_lab", "ablate", "demo", "--variant", "none", "--variant", "+pcp", "--seeds", "0",
+         "--max-steps", "100000", "--batch", "4", "--img-size", "64", "--input", "64", "--synthetic-train", "16",
+         "--synthetic-val", "8", "--workers", "0", "--device", "cpu", "--no-fps", "-o", str(csv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "run 1/2" not in line and time.monotonic() < deadline:
+            line = process.stderr.readline()
+        assert "run 1/2" in line
+        time.sleep(3)  # inside the first run's steps
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "stopping after this training step" in stderr and "Traceback" not in stderr
+    assert "Stopped early" in stdout
+    frame = pd.read_csv(csv)
+    assert list(frame["Variant"]) == ["none", "+pcp"] and (frame["n"] == 0).all()

@@ -165,3 +165,27 @@ def test_output_folders_older_than_an_hour_are_removed():
     os.utime(old, (stale, stale))
     fresh = handlers.output_dir("new")
     assert fresh.is_dir() and not old.exists()
+
+
+def test_ablation_study_from_the_train_tab(client):
+    """The Train tab's ablation section: Table 5's four variants, one seed, a few steps; the table,
+    its files (plain CSV with a metadata sidecar) and the paper's FLOPs column come back."""
+    status, table, files = client.predict("demo", "5", "0", "synthetic", 2, 4, 64, False, api_name="/ablate")
+    assert "finished" in status and "not a finding" in status
+    frame = pd.DataFrame(table["data"], columns=table["headers"])
+    assert list(frame["Variant"]) == ["dwconv", "avgpool", "cascade", "single"] and (frame["n"] == 1).all()
+    assert "FPS ratio" not in frame.columns and "Paper FLOPs (M)" not in frame.columns  # demo is not TopFormer-T
+    csv = next(Path(f) for f in files if str(f).endswith(".csv"))
+    assert csv.name.startswith("ablation_demo_")
+    assert list(pd.read_csv(csv)["Variant"]) == list(frame["Variant"])
+    sidecar = next(Path(f) for f in files if str(f).endswith(".csv.meta.json"))
+    assert json.loads(sidecar.read_text())["metadata"]["seeds"] == [0]
+
+
+def test_ablation_study_bad_inputs(client):
+    for seeds, steps, message in (("0 zero", 2, "seeds must be whole numbers"), ("", 2, "seeds is empty"),
+                                  ("0", 0, "max steps must be a whole number from 1")):
+        with pytest.raises(Exception, match=message):
+            client.predict("demo", "4", seeds, "synthetic", steps, 4, 64, False, api_name="/ablate")
+    with pytest.raises(Exception, match="neither a Table 7 profile nor a timm model"):
+        client.predict("no_such_backbone_xyz", "4", "0", "synthetic", 2, 4, 64, False, api_name="/ablate")

@@ -38,6 +38,8 @@ __all__ = [
     "output_dir",
     "USER_ERRORS",
     "training_fields",
+    "ablation_fields",
+    "write_table_files",
 ]
 
 USER_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, FileNotFoundError)
@@ -103,6 +105,24 @@ def training_fields(data: str, profile: str, backbone: str, mode: str, epochs: A
             raise ConfigError(f"learning rate must be a number in (0, 10], got {lr!r}")
         fields["lr"] = rate
     return fields
+
+
+def ablation_fields(model: str, table: str, seeds: str, data: str, max_steps: Any, batch: Any, img_size: Any
+                    ) -> tuple[str, str, list[int], dict[str, Any]]:
+    """The ablation form as ``run_ablation`` arguments: (model, variants, seeds, training fields)."""
+    model = (model or "").strip() or "demo"
+    text = str(seeds or "").replace(",", " ").split()
+    if not text:
+        raise ConfigError("seeds is empty: give one or more whole numbers, e.g. 0 1 2")
+    try:
+        seed_list = [int(value) for value in text]
+    except ValueError:
+        raise ConfigError(f"seeds must be whole numbers separated by spaces, got {seeds!r}") from None
+    if len(seed_list) > 10 or any(not 0 <= seed < 2**31 for seed in seed_list):
+        raise ConfigError(f"give 1 to 10 seeds, each from 0 to {2**31 - 1}, got {seeds!r}")
+    fields = dict(data=(data or "").strip() or "synthetic", max_steps=_whole("max steps", max_steps, 1, 100_000),
+                  batch_size=_whole("batch", batch, 2, 512), img_size=_whole("image size", img_size, 32, 512))
+    return model, f"table{str(table).strip().lower().replace('table', '').strip() or '4'}", seed_list, fields
 
 
 @dataclass(frozen=True)
@@ -189,7 +209,8 @@ def build_action(form: ModelForm) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.D
     return text, tables["stages"], tables["scales"], tables["params"]
 
 
-def _write_all(table, stem: Path, figure=None) -> list[str]:
+def write_table_files(table, stem: Path, figure=None) -> list[str]:
+    """A table as CSV (+ its metadata sidecar), Markdown, LaTeX and JSON, and its figure as SVG and PNG."""
     from mscsa_lab.io.figures import save_figure
 
     from mscsa_lab.io.export import metadata_path
@@ -211,7 +232,7 @@ def profile_action(form: ModelForm, convention: str = "mac", level: int = 1):
     table = report.to_table(convention)
     table.frame = table.frame[table.frame["Level"] <= int(level)].reset_index(drop=True)
     figure = plot_component_breakdown(table.frame, table.title, mscsa_only=True)
-    files = _write_all(table, output_dir("profile") / "profile", figure)
+    files = write_table_files(table, output_dir("profile") / "profile", figure)
     return table.frame.round(4), figure, files, "\n".join(f"- {n}" for n in table.notes)
 
 
@@ -262,7 +283,7 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
     table = throughput_comparison(names, size, settings, progress=progress)
     folder = output_dir("benchmark")
     fps_figure = plot_throughput(table.frame, table.title)
-    files = _write_all(table, folder / "fps", fps_figure)
+    files = write_table_files(table, folder / "fps", fps_figure)
     latency_frame, latency_figure = None, None
     if latency_model:
         from mscsa_lab.registry import build_named_model
@@ -270,7 +291,7 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
         model = build_named_model(latency_model, "classification", size)
         latency = component_latency(model, size, settings).to_table()
         latency_figure = plot_latency(latency.frame, latency.title)
-        files += _write_all(latency, folder / "latency", latency_figure)
+        files += write_table_files(latency, folder / "latency", latency_figure)
         latency_frame = latency.frame.round(3)
     return device_note(device), table.frame.round(3), fps_figure, latency_frame, latency_figure, files
 
@@ -286,7 +307,7 @@ def compare_action(names: Sequence[str], height: int, width: int, task: str = "c
         raise ConfigError("pick at least one backbone to compare")
     table = compare_backbones(names, parse_input_size(height, width), task, convention=convention)
     figure = plot_comparison(table.frame, table.title)
-    files = _write_all(table, output_dir("compare") / "comparison", figure)
+    files = write_table_files(table, output_dir("compare") / "comparison", figure)
     return table.frame.round(3), figure, files, "\n".join(f"- {n}" for n in table.notes)
 
 

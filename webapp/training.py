@@ -21,7 +21,8 @@ from typing import Any, Iterator
 from mscsa_lab.io.figures import plot_training_curves
 from mscsa_lab.models.config import ConfigError
 
-__all__ = ["runs_dir", "set_runs_dir", "trained_runs", "run_folder", "run_summary", "train_job", "stop_training"]
+__all__ = ["runs_dir", "set_runs_dir", "trained_runs", "run_folder", "run_summary", "train_job", "ablation_job",
+           "stop_training"]
 
 _RUNS_DIR = Path(os.environ.get("MSCSA_LAB_RUNS") or "runs").resolve()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -89,6 +90,27 @@ _lock = threading.Lock()
 _current: _Job | None = None
 
 
+def _claim(name: str) -> _Job:
+    """The one job slot (a training run or an ablation study): both use the CPU or GPU fully."""
+    global _current
+    job = _Job(name)
+    with _lock:
+        if _current is not None and _current.thread is not None and _current.thread.is_alive():
+            raise ConfigError(f"{_current.name} is still running: wait for it or stop it first")
+        _current = job
+    return job
+
+
+def _release(job: _Job) -> None:
+    global _current
+    if job.thread is not None and job.thread.is_alive():  # the page went away or cancelled: stop cleanly
+        job.stop.set()
+        job.thread.join(timeout=60)
+    with _lock:
+        if _current is job:
+            _current = None
+
+
 def stop_training() -> str:
     """Ask the running job to stop after its current step; its last checkpoint stays."""
     with _lock:
@@ -124,7 +146,6 @@ def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterato
     ``config_fields`` are ``mscsa_lab.train.TrainConfig`` fields (``out`` is set here, inside the
     runs folder). Closing the generator (the page cancelled or went away) stops the run cleanly.
     """
-    global _current
     from mscsa_lab.train import TrainConfig, train
 
     name = (name or "").strip() or time.strftime("run-%Y%m%d-%H%M%S")
@@ -133,11 +154,7 @@ def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterato
                           "letter or digit")
     out = runs_dir() / name
     config = TrainConfig(**{**config_fields, "out": str(out), "command": f"app Train tab: {name}"}).validate()
-    job = _Job(name)
-    with _lock:
-        if _current is not None and _current.thread is not None and _current.thread.is_alive():
-            raise ConfigError(f"training run {_current.name} is still running: stop it first")
-        _current = job
+    job = _claim(name)
 
     def run() -> None:
         try:
@@ -176,9 +193,68 @@ def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterato
                 "in the Saliency tab.")
         yield text, plot_training_curves(points, name), name
     finally:
-        if job.thread.is_alive():  # the page went away or cancelled: stop, keep the last checkpoint
-            job.stop.set()
-            job.thread.join(timeout=60)
-        with _lock:
-            if _current is job:
-                _current = None
+        _release(job)  # keeps the last checkpoint
+
+
+def ablation_job(model: str, variants: str, seeds: list[int], train_fields: dict[str, Any], fps: bool = True
+                 ) -> Iterator[tuple[str, Any, list[str] | None]]:
+    """Run an ablation study (``mscsa_lab.train.ablation.run_ablation``) in the job slot; yields
+    (status text, the study's table once finished or None, the table's files once finished).
+
+    Stop (the same button as training) ends the current run; the table then holds the finished runs.
+    """
+    from mscsa_lab.train.ablation import resolve_variants, run_ablation
+    from webapp.handlers import output_dir, write_table_files
+
+    chosen = resolve_variants(variants)  # unknown variants fail here, before the slot is taken
+    name = f"ablation {model} ({len(chosen)} variants x {len(seeds)} seeds)"
+    job = _claim(name)
+    state: dict[str, Any] = {"message": "building the variants and counting their FLOPs...", "step": None}
+
+    def run() -> None:
+        try:
+            job.result = run_ablation(
+                model, chosen, seeds=seeds, train=train_fields, fps=fps, stop=job.stop,
+                progress=lambda fraction, message: job.events.put({"kind": "progress", "fraction": fraction,
+                                                                    "message": message}),
+                callbacks=[lambda event: job.events.put(event.to_dict())])
+        except BaseException as error:  # noqa: BLE001 - handed to the page below
+            job.error = error
+        finally:
+            job.events.put(None)
+
+    job.thread = threading.Thread(target=run, name="mscsa-ablation", daemon=True)
+    job.thread.start()
+    last_shown = 0.0
+    try:
+        yield f"**{name}**: {state['message']}", None, None
+        while True:
+            item = job.events.get()
+            if item is None:
+                break
+            if item.get("kind") == "progress":
+                state["message"], state["step"] = f"{100 * item['fraction']:.0f}% - {item['message']}", None
+            else:
+                state["step"] = f"step {item['step']}/{item['total_steps']}" + (
+                    f", loss {item['loss']:.3f}" if item.get("loss") is not None else "")
+            now = time.monotonic()
+            if item.get("kind") == "progress" or now - last_shown >= FIGURE_INTERVAL_S:
+                last_shown = now
+                step = f" ({state['step']})" if state["step"] else ""
+                yield f"**{name}**: {state['message']}{step}", None, None
+        job.thread.join()
+        if job.error is not None:
+            raise job.error
+        table = job.result
+        files = write_table_files(table, output_dir("ablation") / f"ablation_{_slug(model)}_{time.strftime('%Y%m%d-%H%M')}")
+        verdict = "stopped by you: the table holds the runs that finished" if table.metadata.get("status") == "stopped" \
+            else "finished"
+        text = (f"**{name}** {verdict} in {table.metadata.get('wall_s', 0):.0f} s.\n\n"
+                + "\n".join(f"- {note}" for note in table.notes))
+        yield text, table.frame, files
+    finally:
+        _release(job)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "model"
