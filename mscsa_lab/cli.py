@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("names", nargs="*", help="profile or timm backbone names")
             sub.add_argument("--all", action="store_true", help="every profile that can be built here")
             sub.add_argument("--no-fast", action="store_true", help="skip the fast inference path")
+            sub.add_argument("--max-repeats", type=int, default=60,
+                             help="keep timing rounds until every ratio's 95%% interval is within --target-interval, "
+                                  "up to this many rounds (default: 60; equal to --repeats = fixed rounds)")
+            sub.add_argument("--target-interval", type=float, default=0.02,
+                             help="wanted half-width of the ratio's 95%% interval, as a fraction (default: 0.02 = +-2%%)")
+            sub.add_argument("--max-seconds", type=float, default=120.0,
+                             help="stop adding rounds after this many seconds per backbone (default: 120)")
         else:
             sub.add_argument("name", help="a profile or timm backbone name")
         sub.add_argument("--device", default="auto", help="auto (GPU if present, else CPU), cpu or cuda (default: auto)")
@@ -129,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--compile", action="store_true", help="torch.compile the models first (benchmark only)")
         sub.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default: 3)")
         sub.add_argument("--steps", type=int, default=5, help="steps per timed block (default: 5)")
-        sub.add_argument("--repeats", type=int, default=5, help="timed blocks; the median is reported (default: 5)")
+        sub.add_argument("--repeats", type=int, default=6 if command == "benchmark" else 5,
+                         help="timed blocks (rounds; the minimum when adaptive); the median is reported "
+                              f"(default: {6 if command == 'benchmark' else 5})")
         sub.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
         sub.add_argument("--input", type=_parse_size, default=(224, 224), metavar="HxW", help="input size (default: 224x224)")
         sub.add_argument("--task", choices=["classification", "dense"], default="classification", help="model task")
@@ -244,7 +253,10 @@ def _run(args: argparse.Namespace) -> int:
         _check_paths(args.output, args.plot)
         settings = BenchmarkSettings(device=args.device, batch=args.batch, precision=args.precision,
                                      channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
-                                     steps=args.steps, repeats=args.repeats, threads=args.threads).validate()
+                                     steps=args.steps, repeats=args.repeats, threads=args.threads,
+                                     **(dict(max_repeats=args.max_repeats, target_interval=args.target_interval,
+                                             max_seconds=args.max_seconds) if args.command == "benchmark" else {})
+                                     ).validate()
         if args.command == "benchmark":
             from mscsa_lab.bench.comparison import throughput_comparison
             from mscsa_lab.presets import list_profiles

@@ -195,6 +195,9 @@ def test_throughput_comparison_table():
     assert 0 < row["MSCSA share of FLOPs (%)"] < 100
     assert row["Drop below paper"] == "-"  # ResNet-18 is not in the paper's Table 6
     assert table.metadata["steps"] == 1 and "CPU" in table.metadata["device"]
+    assert row["FPS low"] <= row["FPS"] <= row["FPS high"] and row["dFPS low (%)"] <= row["dFPS (%)"] <= row["dFPS high (%)"]
+    assert row["FLOPs-proportional dFPS (%)"] == pytest.approx(-row["MSCSA share of FLOPs (%)"])
+    assert row["Rounds"] == 2 and "not stable" in row["Check"]  # 2 rounds: no 95% interval exists
 
 
 def test_latency_leaves_the_callers_model_alone():
@@ -203,3 +206,106 @@ def test_latency_leaves_the_callers_model_alone():
                                                          channels_last=True))
     weight = model.mscsa.blocks[0].attn1.query.conv.weight
     assert weight.device.type == "cpu" and weight.is_contiguous()
+
+
+# ------------------------------------------------------------------ intervals, adaptive rounds, checks
+def test_median_interval_covers_the_true_median_of_a_skewed_distribution():
+    from mscsa_lab.bench.stats import median_interval
+
+    interval = median_interval(range(20))
+    assert (interval.low, interval.high, interval.exact) == (5.0, 14.0, True)  # order statistics 6 and 15
+    assert not median_interval([1.0, 2.0, 3.0]).exact  # below 6 values there is no 95% interval
+    generator = torch.Generator().manual_seed(0)
+    true_median = torch.log(torch.tensor(2.0)).item()  # of Exp(1): the noise of a busy machine is skewed
+    covered = 0
+    for _ in range(400):
+        sample = torch.empty(15).exponential_(generator=generator).tolist()
+        interval = median_interval(sample)
+        covered += interval.low <= true_median <= interval.high
+    assert covered / 400 >= 0.93
+
+
+def test_adaptive_rounds_stop_once_the_ratio_is_known():
+    clock, log = FakeClock(), []
+    a = CostlyModel(clock, "A", log, cost=0.01, slow_calls=0)
+    b = CostlyModel(clock, "B", log, cost=0.02, slow_calls=0)
+    settings = BenchmarkSettings(**{**SETTINGS, "repeats": 6, "max_repeats": 50})
+    result = compare_fps({"A": a, "B": b}, (8, 8), settings, clock=clock)
+    assert result.stopped_by == "interval" and result.rounds == 6
+    interval = result.ratio_interval("B")
+    assert interval.median == pytest.approx(0.5) and interval.half_width == pytest.approx(0.0, abs=1e-9)
+    assert not any("stable" in w for w in result.warnings)
+
+
+class NoisyModel(CostlyModel):
+    """Each call costs a random amount: its ratio to another model never settles."""
+
+    def __init__(self, *args, seed=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x):
+        self.cost = 0.01 * (1 + 3 * torch.rand(1, generator=self.generator).item())
+        return super().forward(x)
+
+
+def test_noisy_rounds_hit_the_cap_and_say_so():
+    clock, log = FakeClock(), []
+    a = NoisyModel(clock, "A", log, slow_calls=0, seed=1)
+    b = NoisyModel(clock, "B", log, slow_calls=0, seed=2)
+    settings = BenchmarkSettings(**{**SETTINGS, "repeats": 6, "max_repeats": 12, "target_interval": 0.01})
+    result = compare_fps({"A": a, "B": b}, (8, 8), settings, clock=clock)
+    assert result.stopped_by == "max_repeats" and result.rounds == 12
+    assert any("not a stable answer" in w for w in result.warnings)
+    assert any("rounds spread" in w for w in result.warnings)
+    # The time cap (on the same clock as the measurement) ends a run that would go on for long.
+    a2, b2 = (NoisyModel(clock, n, log, slow_calls=0, seed=s) for n, s in (("A", 3), ("B", 4)))
+    capped = BenchmarkSettings(**{**SETTINGS, "repeats": 6, "max_repeats": 1000, "target_interval": 0.001,
+                                  "max_seconds": 2.0})
+    result = compare_fps({"A": a2, "B": b2}, (8, 8), capped, clock=clock)
+    assert result.stopped_by == "time" and 6 <= result.rounds < 1000
+    with pytest.raises(ValueError, match="max_repeats must be a whole number >= repeats"):
+        BenchmarkSettings(repeats=6, max_repeats=3).validate()
+    with pytest.raises(ValueError, match="target_interval must be a fraction"):
+        BenchmarkSettings(target_interval=2).validate()
+
+
+def test_other_load_sees_a_busy_neighbour():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mscsa_lab.bench.stats import OtherLoad
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 4\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        with OtherLoad() as load:
+            time.sleep(2.0)
+    finally:
+        spinner.kill()
+    assert load.source in ("/proc/stat", "load average")
+    assert load.share >= 0.8 / (os.cpu_count() or 1)
+    assert "% of the CPU" in load.describe()
+
+
+def _ab(fps: dict[str, list[float]]):
+    from mscsa_lab.bench.fps import ABResult, FPSResult
+
+    results = {name: FPSResult(name, "cpu", 1, values, 1, {}) for name, values in fps.items()}
+    reference = next(iter(fps))
+    ratios = {name: [b / a for a, b in zip(fps[reference], values)] for name, values in fps.items()}
+    return ABResult(results, ratios, list(fps))
+
+
+def test_impossible_results_are_flagged_not_reported():
+    from mscsa_lab.bench.comparison import _checks
+
+    steady = [100.0, 101.0, 99.0, 100.5, 99.5, 100.2, 99.8]
+    faster = _ab({"backbone": steady, "+MSCSA": [v * 1.2 for v in steady], "+MSCSA fast": [v * 1.25 for v in steady]})
+    assert any(c.startswith("impossible: +MSCSA faster") for c in _checks(faster, fast=True))
+    slow_fast = _ab({"backbone": steady, "+MSCSA": [v * 0.8 for v in steady], "+MSCSA fast": [v * 0.6 for v in steady]})
+    assert any(c.startswith("unexpected: the fast path slower") for c in _checks(slow_fast, fast=True))
+    sane = _ab({"backbone": steady, "+MSCSA": [v * 0.8 for v in steady], "+MSCSA fast": [v * 0.85 for v in steady]})
+    assert _checks(sane, fast=True) == []

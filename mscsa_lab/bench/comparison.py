@@ -1,8 +1,13 @@
 """Throughput of backbones with and without MSCSA, measured interleaved in one run (Table 6's FPS).
 
 Each backbone alone, +MSCSA (reference modules) and +MSCSA on the fast path run A B C, C B A, ...
-through ``bench.fps.compare_fps``; beside the FPS stand MSCSA's share of FLOPs (from the same
-models, ``analysis.compare``) and of runtime, and the paper's A100 FPS drop where it reports one.
+through ``bench.fps.compare_fps``; beside the FPS stand the 95% intervals of every FPS and ratio,
+the FPS change that FLOPs alone would predict, MSCSA's share of FLOPs (from the same models,
+``analysis.compare``) and of runtime, and the paper's A100 FPS drop where it reports one.
+
+A result that cannot be true (MSCSA only adds work, so +MSCSA faster than its backbone; the fast
+path, which only folds BN and fuses projections, slower than the reference modules) is marked in
+the ``Check`` column as noise rather than printed as a finding.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ def throughput_comparison(
     settings = (settings or BenchmarkSettings()).validate()
     size = parse_input_size(*input_size)
     names = list(names)
-    rows, notes, device = [], [], ""
+    rows, notes, warnings, device = [], [], [], ""
     nan = float("nan")
     for index, name in enumerate(names):
         label, profile, base, model = build_pair(name, size, task)
@@ -56,16 +61,29 @@ def throughput_comparison(
         fps = {key: r.fps_median for key, r in result.results.items()}
         step = {key: r.step_ms for key, r in result.results.items()}
         best = "+MSCSA fast" if fast else "+MSCSA"
+        ratio = result.ratio_interval("+MSCSA")
+        ratio_fast = result.ratio_interval("+MSCSA fast") if fast else None
         drop = 100.0 * (result.ratio(best) - 1.0)
         paper_drop = relative_change(pair.paper.get("fps_mscsa"), pair.paper.get("fps"))
+        checks = _checks(result, fast)
+        warnings += [f"{label}: {warning}" for warning in result.warnings]
         rows.append({
             "Model": label,
             "Batch": result.results["backbone"].batch,
             "FPS": fps["backbone"],
+            "FPS low": result.results["backbone"].fps_interval.low,
+            "FPS high": result.results["backbone"].fps_interval.high,
             "+MSCSA FPS": fps["+MSCSA"],
-            "dFPS (%)": 100.0 * (result.ratio("+MSCSA") - 1.0),
+            "+MSCSA FPS low": result.results["+MSCSA"].fps_interval.low,
+            "+MSCSA FPS high": result.results["+MSCSA"].fps_interval.high,
+            "dFPS (%)": 100.0 * (ratio.median - 1.0),
+            "dFPS low (%)": 100.0 * (ratio.low - 1.0),
+            "dFPS high (%)": 100.0 * (ratio.high - 1.0),
             "+MSCSA fast FPS": fps.get("+MSCSA fast", nan),
-            "dFPS fast (%)": 100.0 * (result.ratio("+MSCSA fast") - 1.0) if fast else nan,
+            "dFPS fast (%)": 100.0 * (ratio_fast.median - 1.0) if ratio_fast else nan,
+            "dFPS fast low (%)": 100.0 * (ratio_fast.low - 1.0) if ratio_fast else nan,
+            "dFPS fast high (%)": 100.0 * (ratio_fast.high - 1.0) if ratio_fast else nan,
+            "FLOPs-proportional dFPS (%)": 100.0 * (pair.flops / pair.flops_mscsa - 1.0),
             "Step (ms)": step["backbone"],
             "+MSCSA step (ms)": step["+MSCSA"],
             "+MSCSA fast step (ms)": step.get("+MSCSA fast", nan),
@@ -73,16 +91,42 @@ def throughput_comparison(
             "MSCSA share of runtime (%)": -drop,
             "Paper dFPS (%)": paper_drop,
             "Drop below paper": ("yes" if drop > paper_drop else "no") if paper_drop == paper_drop else "-",
+            "Rounds": result.rounds,
+            "Check": "; ".join(checks) if checks else "ok",
         })
     height, width = size
+    rounds = (f"{settings.repeats} to {settings.max_repeats} rounds, until every ratio's 95% interval is within "
+              f"+-{100 * settings.target_interval:.1f}% or {settings.max_seconds:.0f} s" if settings.adaptive
+              else f"{settings.repeats} rounds")
     notes = [
-        "FPS: median over repeats; models measured interleaved in one run; d = relative change vs the backbone "
-        "(median of per-round ratios).",
+        f"FPS: median over rounds ({rounds}); models measured interleaved in one run; d = relative change vs the "
+        "backbone (median of per-round ratios). low/high: distribution-free 95% interval of the median.",
+        "FLOPs-proportional dFPS: the change if time followed FLOPs (backbone FLOPs / +MSCSA FLOPs - 1).",
+        "Check: 'ok', or why a row is not a finding (interval too wide, a result that cannot be true, a busy machine).",
         "MSCSA share of runtime = 1 - FPS(+MSCSA) / FPS(backbone), for the fast path when measured.",
         "Paper dFPS: Table 6 of Shang et al. (2023), one NVIDIA A100.",
-    ] + notes
+    ] + [f"warning: {w}" for w in warnings] + notes
     metadata = run_metadata(input_size=f"{height}x{width}", batch=settings.batch, task=task, precision=settings.precision,
                             channels_last=settings.channels_last, compile=settings.compile, warmup=settings.warmup,
-                            steps=settings.steps, repeats=settings.repeats, device=device)
+                            steps=settings.steps, repeats=settings.repeats, max_repeats=settings.max_repeats,
+                            target_interval=settings.target_interval, max_seconds=settings.max_seconds,
+                            warnings=warnings, device=device)
     return ResultTable(f"Throughput with and without MSCSA ({task}, {height}x{width}, {device})",
                        pd.DataFrame(rows), metadata, notes)
+
+
+def _checks(result, fast: bool) -> list[str]:
+    """Why a row's figures are not findings; empty when nothing is wrong."""
+    checks = []
+    ratio = result.ratio_interval("+MSCSA")
+    if ratio.low > 1.0:
+        checks.append("impossible: +MSCSA faster than the backbone it adds work to (noise)")
+    if fast:
+        fast_over_reference = result.pair_interval("+MSCSA fast", "+MSCSA")
+        if fast_over_reference.high < 1.0:
+            checks.append("unexpected: the fast path slower than the reference modules (noise or a slow kernel)")
+    if any("not a stable answer" in w or "only" in w and "rounds" in w for w in result.warnings):
+        checks.append(f"interval +-{100 * ratio.half_width:.0f}%: not stable")
+    if any(w.startswith("machine busy") for w in result.warnings):
+        checks.append("busy machine")
+    return checks

@@ -6,7 +6,10 @@ repeat times ``steps`` forward passes as one block, synchronising the GPU (CUDA 
 and a spread, never a single run. An out-of-memory error on the GPU halves the batch and says so.
 
 A/B runs interleave the models repeat by repeat (A B, B A, A B, ...), so drifts of a noisy machine
-(clock boost, other load) hit both, and the reported ratio is the median of per-round ratios.
+(clock boost, other load) hit both, and the reported ratio is the median of per-round ratios, with a
+distribution-free 95% interval (``bench.stats``). With ``settings.max_repeats`` the rounds go on until
+every ratio's interval is narrow enough (or a round or time cap), and the CPU used by other
+processes meanwhile is measured: results from a busy machine carry a warning.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from mscsa_lab.bench.settings import (
     resolve_device,
     thread_context,
 )
+from mscsa_lab.bench.stats import Interval, OtherLoad, median_interval
 from mscsa_lab.io.metadata import device_description
 
 __all__ = ["FPSResult", "ABResult", "measure_fps", "compare_fps"]
@@ -50,14 +54,21 @@ class FPSResult:
         return min(self.fps), max(self.fps)
 
     @property
+    def fps_interval(self) -> Interval:
+        """The median FPS and its 95% interval over the repeats."""
+        return median_interval(self.fps)
+
+    @property
     def step_ms(self) -> float:
         """Median time of one forward pass of the whole batch, in milliseconds."""
         return 1000.0 * self.batch / self.fps_median
 
     def summary(self) -> dict[str, Any]:
         low, high = self.fps_spread
+        interval = self.fps_interval
         return dict(name=self.name, device=self.device, batch=self.batch, fps=self.fps_median, fps_min=low,
-                    fps_max=high, step_ms=self.step_ms, repeats=len(self.fps), images_timed=self.images_timed)
+                    fps_max=high, fps_ci_low=interval.low, fps_ci_high=interval.high, step_ms=self.step_ms,
+                    repeats=len(self.fps), images_timed=self.images_timed)
 
 
 @dataclass
@@ -68,9 +79,25 @@ class ABResult:
     results: dict[str, FPSResult]
     ratios: dict[str, list[float]]
     order: list[str]  # the order the timed blocks actually ran in
+    stopped_by: str = "repeats"  # "repeats" (fixed), "interval" (narrow enough), "max_repeats", "time"
+    other_load: float = float("nan")  # share of all cores other processes used meanwhile
+    warnings: list[str] = field(default_factory=list)
 
     def ratio(self, name: str) -> float:
         return statistics.median(self.ratios[name])
+
+    def ratio_interval(self, name: str) -> Interval:
+        """The median per-round ratio of ``name`` over the first model, with its 95% interval."""
+        return median_interval(self.ratios[name])
+
+    def pair_interval(self, numerator: str, denominator: str) -> Interval:
+        """Per-round FPS(numerator) / FPS(denominator), e.g. the fast path over the reference modules."""
+        a, b = self.results[numerator].fps, self.results[denominator].fps
+        return median_interval([x / y for x, y in zip(a, b)])
+
+    @property
+    def rounds(self) -> int:
+        return len(next(iter(self.ratios.values())))
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -175,15 +202,34 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
             _run_block(item, settings.warmup, settings, device)
         fps: dict[str, list[float]] = {name: [] for name in names}
         order: list[str] = []
-        for round_index in range(settings.repeats):
-            sequence = names if round_index % 2 == 0 else names[::-1]
-            for name in sequence:
-                item = prepared[name]
-                elapsed = timer.time(lambda item=item: _run_block(item, settings.steps, settings, device))
-                fps[name].append(item.batch * settings.steps / max(elapsed, 1e-12))
-                order.append(name)
-            if progress is not None:
-                progress((round_index + 1) / settings.repeats, f"round {round_index + 1} of {settings.repeats}")
+        reference = names[0]
+        stopped_by = "repeats"
+        limit = settings.max_repeats if settings.adaptive else settings.repeats
+        started = timer.clock()
+        with OtherLoad() as load:
+            for round_index in range(limit):
+                sequence = names if round_index % 2 == 0 else names[::-1]
+                for name in sequence:
+                    item = prepared[name]
+                    elapsed = timer.time(lambda item=item: _run_block(item, settings.steps, settings, device))
+                    fps[name].append(item.batch * settings.steps / max(elapsed, 1e-12))
+                    order.append(name)
+                rounds = round_index + 1
+                widest = max((median_interval([b / a for a, b in zip(fps[reference], fps[name])]).half_width
+                              for name in names[1:]), default=0.0)
+                if progress is not None:
+                    width = f", ratio interval +-{100 * widest:.1f}%" if len(names) > 1 and rounds >= 6 else ""
+                    progress(rounds / limit, f"round {rounds} of at most {limit}{width}")
+                if not settings.adaptive or rounds < settings.repeats:
+                    continue
+                if widest <= settings.target_interval:
+                    stopped_by = "interval"
+                    break
+                if timer.clock() - started > settings.max_seconds:
+                    stopped_by = "time"
+                    break
+            else:
+                stopped_by = "max_repeats" if settings.adaptive else "repeats"
         threads_used = torch.get_num_threads()
     description = device_description(device)
     if device.type == "cpu":
@@ -200,9 +246,37 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
         )
         for name in names
     }
-    reference = names[0]
     ratios = {name: [b / a for a, b in zip(fps[reference], fps[name])] for name in names}
-    return ABResult(results, ratios, order)
+    result = ABResult(results, ratios, order, stopped_by, load.share)
+    result.warnings = _warnings(result, settings, load)
+    return result
+
+
+SPREAD_WARNING = 0.20  # a model whose rounds spread more than this (IQR / median) is marked noisy
+
+
+def _warnings(result: ABResult, settings: BenchmarkSettings, load: OtherLoad) -> list[str]:
+    """What makes these figures less than trustworthy, in words a reader acts on."""
+    warnings = []
+    if load.busy:
+        warnings.append(f"machine busy: {load.describe()}; figures swing with that load, re-run on an idle machine")
+    for name, item in result.results.items():
+        if len(item.fps) >= 4:
+            quartiles = statistics.quantiles(item.fps, n=4)
+            spread = (quartiles[2] - quartiles[0]) / statistics.median(item.fps)
+            if spread > SPREAD_WARNING:
+                warnings.append(f"{name}: rounds spread {100 * spread:.0f}% (interquartile range over median), "
+                                "the machine is noisy")
+    names = list(result.ratios)[1:]
+    if names:
+        widest = max(result.ratio_interval(name).half_width for name in names)
+        if result.stopped_by in ("time", "max_repeats") and widest > settings.target_interval:
+            cap = f"{settings.max_seconds:.0f} s" if result.stopped_by == "time" else f"{settings.max_repeats} rounds"
+            warnings.append(f"the ratio's 95% interval is still +-{100 * widest:.1f}% after {result.rounds} rounds "
+                            f"({cap} cap; target +-{100 * settings.target_interval:.1f}%): not a stable answer")
+        elif result.rounds < 6:
+            warnings.append(f"only {result.rounds} rounds: no 95% interval exists below 6, the range is shown instead")
+    return warnings
 
 
 def measure_fps(

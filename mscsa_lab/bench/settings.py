@@ -41,6 +41,15 @@ class BenchmarkSettings:
     steps: int = 10
     repeats: int = 5
     threads: int | None = None
+    # Adaptive rounds: after ``repeats`` rounds, keep going until every ratio's 95% interval is within
+    # +-target_interval of its median, or max_repeats rounds, or max_seconds of timing. None = fixed.
+    max_repeats: int | None = None
+    target_interval: float = 0.02
+    max_seconds: float = 120.0
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_repeats is not None and self.max_repeats > self.repeats
 
     def validate(self) -> "BenchmarkSettings":
         problems = []
@@ -52,6 +61,13 @@ class BenchmarkSettings:
                 problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.batch > 4096:
             problems.append(f"batch={self.batch} is too large: choose at most 4096")
+        if self.max_repeats is not None and (isinstance(self.max_repeats, bool) or not isinstance(self.max_repeats, int)
+                                             or self.max_repeats < self.repeats):
+            problems.append(f"max_repeats must be a whole number >= repeats ({self.repeats}), got {self.max_repeats!r}")
+        if not (isinstance(self.target_interval, (int, float)) and 0 < self.target_interval < 1):
+            problems.append(f"target_interval must be a fraction in (0, 1), e.g. 0.02 for +-2%, got {self.target_interval!r}")
+        if not (isinstance(self.max_seconds, (int, float)) and 0 < self.max_seconds <= 24 * 3600):
+            problems.append(f"max_seconds must be a number of seconds in (0, 86400], got {self.max_seconds!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             problems.append(f"threads must be a whole number >= 1, got {self.threads!r}")
         if problems:
