@@ -48,9 +48,9 @@ def main() -> None:
         names, (args.input, args.input), settings,
         progress=lambda fraction, message: print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True),
     )
-    print(table.to_markdown(precision=2))
+    print(table.to_markdown(digits=3))
     for suffix in (".csv", ".md"):
-        print(f"wrote {table.write(args.out + suffix, precision=2)}", file=sys.stderr)
+        print(f"wrote {table.write(args.out + suffix, digits=3)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

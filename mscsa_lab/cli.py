@@ -78,7 +78,10 @@ def _add_common(parser: argparse.ArgumentParser, outputs: bool = True, segmentat
                             help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
         parser.add_argument("--plot", action="append", default=[], metavar="FILE",
                             help="write the figure: .png or .svg (repeatable)")
-        parser.add_argument("--precision", type=int, default=3, help="decimals in Markdown/LaTeX (default: 3)")
+        parser.add_argument("--digits", "--precision", dest="digits", type=_parse_digits, default=3,
+                            help="significant figures in Markdown/LaTeX (percentages: 1 decimal; FPS: integers) (default: 3)")
+        parser.add_argument("--latex-columns", type=_parse_columns, default=None, metavar="A,B,...",
+                            help="columns of the .tex table (default: the ones a paper needs; CSV/JSON keep all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,24 +148,46 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
                          help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
         sub.add_argument("--plot", action="append", default=[], metavar="FILE", help="write the figure: .png or .svg")
-        sub.add_argument("--precision-digits", dest="precision_digits", type=int, default=2,
-                         help="decimals in Markdown/LaTeX (default: 2)")
+        sub.add_argument("--digits", "--precision-digits", dest="digits", type=_parse_digits, default=3,
+                         help="significant figures in Markdown/LaTeX (percentages: 1 decimal; FPS: integers) (default: 3)")
+        sub.add_argument("--latex-columns", type=_parse_columns, default=None, metavar="A,B,...",
+                         help="columns of the .tex table (default: the ones a paper needs; CSV/JSON keep all)")
 
     export = commands.add_parser("export", help="convert a saved table (.json/.csv) to other formats and figures")
     export.add_argument("table", help="a table written by 'profile' or 'compare' (-o FILE.json or .csv)")
     export.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
                         help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
     export.add_argument("--plot", action="append", default=[], metavar="FILE", help="write the figure: .png or .svg")
-    export.add_argument("--precision", type=int, default=3, help="decimals in Markdown/LaTeX (default: 3)")
+    export.add_argument("--digits", "--precision", dest="digits", type=_parse_digits, default=3,
+                        help="significant figures in Markdown/LaTeX (percentages: 1 decimal; FPS: integers) (default: 3)")
+    export.add_argument("--latex-columns", type=_parse_columns, default=None, metavar="A,B,...",
+                        help="columns of the .tex table (default: the ones a paper needs; CSV/JSON keep all)")
     _add_training_commands(commands)
     _add_ablate_command(commands)
     return parser
 
 
-def _write_outputs(table, outputs: Sequence[str], plots: Sequence[str], precision: int) -> list[Path]:
+def _parse_digits(text: str) -> int:
+    try:
+        digits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a whole number of significant figures, got {text!r}") from None
+    if not 1 <= digits <= 15:
+        raise argparse.ArgumentTypeError(f"significant figures must be from 1 to 15, got {digits}")
+    return digits
+
+
+def _parse_columns(text: str) -> list[str]:
+    columns = [c.strip() for c in text.split(",") if c.strip()]
+    if not columns:
+        raise argparse.ArgumentTypeError("give column names separated by commas")
+    return columns
+
+
+def _write_outputs(table, outputs: Sequence[str], plots: Sequence[str], args: argparse.Namespace) -> list[Path]:
     from mscsa_lab.io.figures import plot_comparison, plot_component_breakdown, plot_latency, plot_throughput, save_figure
 
-    written = [table.write(path, precision) for path in outputs]
+    written = [table.write(path, args.digits, args.latex_columns) for path in outputs]
     for path in plots:
         if "Time share (%)" in table.frame.columns:
             figure = plot_latency(table.frame, table.title)
@@ -219,8 +244,8 @@ def _run(args: argparse.Namespace) -> int:
         report = profile_model(model, args.input, args.batch)
         table = report.to_table(args.convention)
         table.frame = table.frame[table.frame["Level"] <= args.level].reset_index(drop=True)
-        print(table.to_markdown(args.precision))
-        for path in _write_outputs(table, args.output, args.plot, args.precision):
+        print(table.to_markdown(args.digits))
+        for path in _write_outputs(table, args.output, args.plot, args):
             print(f"wrote {path}", file=sys.stderr)
         return 0
 
@@ -232,9 +257,11 @@ def _run(args: argparse.Namespace) -> int:
         if not names:
             raise ValueError("name at least one backbone or profile, or use --all")
         _check_paths(args.output, args.plot)
-        table = compare_backbones(names, args.input, args.task, convention=args.convention, **settings)
-        print(table.to_markdown(args.precision))
-        for path in _write_outputs(table, args.output, args.plot, args.precision):
+        table = compare_backbones(names, args.input, args.task, convention=args.convention,
+                                  progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr, flush=True),
+                                  **settings)
+        print(table.to_markdown(args.digits))
+        for path in _write_outputs(table, args.output, args.plot, args):
             print(f"wrote {path}", file=sys.stderr)
         return 0
 
@@ -272,8 +299,8 @@ def _run(args: argparse.Namespace) -> int:
 
             model = build_named_model(args.name, args.task, args.input)
             table = component_latency(model, args.input, settings).to_table()
-        print(table.to_markdown(args.precision_digits))
-        for path in _write_outputs(table, args.output, args.plot, args.precision_digits):
+        print(table.to_markdown(args.digits))
+        for path in _write_outputs(table, args.output, args.plot, args):
             print(f"wrote {path}", file=sys.stderr)
         return 0
 
@@ -283,8 +310,8 @@ def _run(args: argparse.Namespace) -> int:
         _check_paths(args.output, args.plot)
         table = read_table(args.table)
         if not args.output and not args.plot:
-            print(table.to_markdown(args.precision))
-        for path in _write_outputs(table, args.output, args.plot, args.precision):
+            print(table.to_markdown(args.digits))
+        for path in _write_outputs(table, args.output, args.plot, args):
             print(f"wrote {path}", file=sys.stderr)
         return 0
     if args.command == "train":
@@ -502,7 +529,10 @@ def _add_ablate_command(commands) -> None:
                                                                   "(default: nothing written per run)")
     ablate.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
                         help="write the table; format from the suffix: .csv .md .tex .json (repeatable)")
-    ablate.add_argument("--precision", type=int, default=2, help="decimals in Markdown/LaTeX (default: 2)")
+    ablate.add_argument("--digits", "--precision", dest="digits", type=_parse_digits, default=3,
+                        help="significant figures in Markdown/LaTeX (percentages: 1 decimal; FPS: integers) (default: 3)")
+    ablate.add_argument("--latex-columns", type=_parse_columns, default=None, metavar="A,B,...",
+                        help="columns of the .tex table (default: the ones a paper needs; CSV/JSON keep all)")
 
 
 def _run_ablate(args: argparse.Namespace, settings: dict[str, Any]) -> int:
@@ -520,8 +550,8 @@ def _run_ablate(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         table = run_ablation(args.name, variants, seeds=args.seeds, train=train, input_size=args.input,
                              fps=not args.no_fps, settings=settings, out=args.out, stop=stop,
                              progress=lambda f, m: print(f"[{100 * f:5.1f}%] {m}", file=sys.stderr, flush=True))
-    print(table.to_markdown(args.precision))
-    for path in _write_outputs(table, args.output, [], args.precision):
+    print(table.to_markdown(args.digits))
+    for path in _write_outputs(table, args.output, [], args):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

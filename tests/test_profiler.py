@@ -1,6 +1,8 @@
 """Profiler, comparison tables, FLOPs budget, exports and the command line."""
 import math
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import timm
@@ -12,7 +14,8 @@ from mscsa_lab import create_mscsa_model
 from mscsa_lab.analysis.budget import fit_flops_budget
 from mscsa_lab.cli import main as cli_main
 from mscsa_lab.analysis.compare import compare_backbones
-from mscsa_lab.io.export import read_table
+from mscsa_lab.io.export import ResultTable, read_table
+from mscsa_lab.io.numbers import format_number
 from mscsa_lab.analysis.flops import flop_analysis
 from mscsa_lab.analysis.profiler import profile_model
 
@@ -95,25 +98,50 @@ def test_uncounted_operators_are_listed(pvt_b1_report):
 @pytest.mark.parametrize("suffix", [".csv", ".md", ".tex", ".json"])
 def test_exports_parse_back_to_the_same_numbers(tmp_path, pvt_b1_report, suffix):
     table = pvt_b1_report.to_table()
-    path = table.write(tmp_path / f"table{suffix}", precision=4)
+    path = table.write(tmp_path / f"table{suffix}", digits=4)
     back = read_table(path)
     assert back.title == table.title
     assert back.metadata["input_size"] == "224x224" and back.metadata["libraries"]["timm"] == timm.__version__
     assert "device" in back.metadata and "date" in back.metadata and back.metadata["batch"] == 1
     assert back.notes == table.notes
-    assert list(back.frame.columns) == list(table.frame.columns)
+    # LaTeX keeps the columns a paper needs; the other formats keep them all.
+    expected_columns = table.latex_columns() if suffix == ".tex" else list(table.frame.columns)
+    assert list(back.frame.columns) == expected_columns
     assert back.frame["Component"].tolist() == table.frame["Component"].tolist()
-    for column in ("FLOPs (G)", "FLOPs share (%)", "Params (M)", "Level"):
+    for column in ("FLOPs (G)", "FLOPs share (%)", "Params (M)") + (("Level",) if suffix != ".tex" else ()):
         expected = table.frame[column].to_numpy(dtype=float)
-        if suffix in (".md", ".tex"):
-            expected = expected.round(4)
+        if suffix in (".md", ".tex"):  # as printed: the one number rule at 4 significant figures
+            expected = np.array([float(format_number(v, column, 4)) for v in expected])
         assert back.frame[column].to_numpy(dtype=float) == pytest.approx(expected, abs=1e-12)
 
 
 def test_latex_is_booktabs_and_escaped(pvt_b1_report):
-    text = pvt_b1_report.to_table().to_latex()
+    table = pvt_b1_report.to_table()
+    text = table.to_latex()
     assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
-    assert "FLOPs share (\\%)" in text and "intra\\_ffn" in text
+    assert "\\begin{table}[t]" in text and "FLOPs share (\\%)" in text  # four columns: fits a paper column
+    assert "Group" not in text.split("\\toprule")[1] and "% columns left out (in the CSV/JSON): Level, Group" in text
+    chosen = table.to_latex(columns=["Component", "Group", "FLOPs (G)"])
+    assert "intra\\_ffn" in chosen and "FLOPs share" not in chosen.split("\\toprule")[1]
+    with pytest.raises(ValueError, match=r"unknown column\(s\) \['Nope'\]"):
+        table.to_latex(columns=["Component", "Nope"])
+
+
+def test_one_number_rule_for_every_format():
+    from mscsa_lab.io.numbers import format_number, human_count
+
+    assert format_number(3797.0, "FPS") == "3797" and format_number(79.49, "+MSCSA FPS") == "79"
+    assert format_number(4.2, "FPS") == "4.20"  # below 10 FPS the significant figures rule
+    assert format_number(0.0000479, "FLOPs (G)") == "0.0000479" and format_number(0.0479, "FLOPs (G)") == "0.0479"
+    assert format_number(12.345, "dFLOPs (%)") == "12.3" and format_number(-0.04, "d (%)") == "0.0"
+    assert format_number(9.996, "x") == "10.0" and format_number(123456.7, "x") == "123457"
+    assert format_number(np.int64(3), "Batch") == "3" and format_number(float("nan"), "x") == "-"
+    assert human_count(13496000) == "13.5 M" and human_count(2.34e9) == "2.34 G"
+    frame = pd.DataFrame({"Model": ["a"], "FPS": [3797.123], "FLOPs (G)": [0.0479123], "dFPS (%)": [-9.87]})
+    table = ResultTable("t", frame)
+    row = table.to_markdown().splitlines()[4]
+    assert row == "| a | 3797 | 0.0479 | -9.9 |"
+    assert "a & 3797 & 0.0479 & -9.9 \\\\" in table.to_latex()
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +215,8 @@ def test_cli_profile_writes_every_format_and_lists_uncounted_ops(tmp_path, capsy
     for path in outputs[:3]:
         other = read_table(path)
         assert other.frame["Component"].tolist() == json_table.frame["Component"].tolist()
-        assert other.frame["FLOPs (G)"].to_numpy() == pytest.approx(json_table.frame["FLOPs (G)"].to_numpy(), abs=1e-3)
+        # three significant figures by default: within half a unit of the third digit
+        assert other.frame["FLOPs (G)"].to_numpy() == pytest.approx(json_table.frame["FLOPs (G)"].to_numpy(), rel=5e-3)
     assert json_table.metadata["flops_convention"] == "2x"
     assert figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert figures[1].read_text().lstrip().startswith("<?xml") and "<svg" in figures[1].read_text()

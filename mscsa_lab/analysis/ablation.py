@@ -86,4 +86,7 @@ def ablation_flops(
         notes.append("Paper: Shang et al. (2023), Tables 4 (components, cumulative) and 5 (down-sampling).")
     metadata = run_metadata(model=label, input_size=f"{height}x{width}", task=task, variants=chosen,
                             settings={k: str(v) for k, v in settings.items()})
-    return ResultTable(title, pd.DataFrame(rows), metadata, notes)
+    frame = pd.DataFrame(rows)
+    keep = [c for c in ("Variant", "FLOPs (M)", "Step (M)", "Params (M)", "Paper FLOPs (M)", "Paper step (M)")
+            if c in frame.columns]
+    return ResultTable(title, frame, metadata, notes, keep)

@@ -11,7 +11,7 @@ classification, Table 3 (FLOPs only) for segmentation at 512x512.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import torch
@@ -180,8 +180,11 @@ def comparison_table(
     notes.append(uncounted_note(uncounted))
     metadata = run_metadata(input_size=f"{height}x{width}", batch=batch, task=task, flops_convention=convention,
                             **(extra_metadata or {}))
-    return ResultTable(f"Backbones with and without MSCSA ({task}, {height}x{width})", pd.DataFrame(rows),
-                       metadata, notes)
+    frame = pd.DataFrame(rows)
+    paper_columns = [c for c in ("Model", "FLOPs (G)", "+MSCSA FLOPs (G)", "dFLOPs (%)", "Paper FLOPs (G)",
+                                 "Paper +MSCSA FLOPs (G)") if c in frame.columns]
+    return ResultTable(f"Backbones with and without MSCSA ({task}, {height}x{width})", frame, metadata, notes,
+                       paper_columns)
 
 
 def compare_backbones(
@@ -190,9 +193,19 @@ def compare_backbones(
     task: str = "classification",
     batch: int = 1,
     convention: str = "mac",
+    progress: Callable[[float, str], None] | None = None,
     **settings: Any,
 ) -> ResultTable:
-    """Measure every named backbone (profile names or timm names) and return the Table 6 layout."""
+    """Measure every named backbone (profile names or timm names) and return the Table 6 layout;
+    ``progress(fraction, message)`` hears before and after each backbone (``compare --all`` takes a minute)."""
     size = parse_input_size(*input_size)
-    pairs = [measure_pair(name, size, task, batch, **settings) for name in names]
+    names = list(names)
+    pairs = []
+    for index, name in enumerate(names):
+        label = getattr(name, "name", name)
+        if progress is not None:
+            progress(index / len(names), f"{label}: building and counting with and without MSCSA")
+        pairs.append(measure_pair(name, size, task, batch, **settings))
+        if progress is not None:
+            progress((index + 1) / len(names), f"{label}: done")
     return comparison_table(pairs, size, task, batch, convention)

@@ -100,6 +100,7 @@ class ProfileReport:
             frame=self.to_frame(convention),
             metadata={**self.metadata, "flops_convention": convention},
             notes=notes,
+            paper_columns=["Component", "FLOPs (G)", "FLOPs share (%)", "Params (M)"],
         )
 
 

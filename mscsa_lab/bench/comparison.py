@@ -112,7 +112,8 @@ def throughput_comparison(
                             target_interval=settings.target_interval, max_seconds=settings.max_seconds,
                             warnings=warnings, device=device)
     return ResultTable(f"Throughput with and without MSCSA ({task}, {height}x{width}, {device})",
-                       pd.DataFrame(rows), metadata, notes)
+                       pd.DataFrame(rows), metadata, notes,
+                       ["Model", "FPS", "+MSCSA FPS", "dFPS (%)", "dFPS low (%)", "dFPS high (%)"])
 
 
 def _checks(result, fast: bool) -> list[str]:

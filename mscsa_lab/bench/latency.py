@@ -39,7 +39,8 @@ class LatencyReport:
             "time/FLOPs > 1: the component costs more time than its arithmetic suggests (memory traffic, "
             "kernel launches, Python overhead).",
         ]
-        return ResultTable(f"Per-component latency: {self.model}", self.frame, self.metadata, notes)
+        keep = [c for c in ("Component", "Time (ms)", "Time share (%)", "FLOPs share (%)") if c in self.frame.columns]
+        return ResultTable(f"Per-component latency: {self.model}", self.frame, self.metadata, notes, keep or None)
 
 
 class _Stopwatch:

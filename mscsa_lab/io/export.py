@@ -2,7 +2,10 @@
 
 Every format carries the metadata (input size, batch, library versions, device, date) and the notes
 (e.g. uncounted operators), and ``read_table`` parses each format back to the same numbers
-(Markdown and LaTeX to the printed precision). A CSV file holds the table alone, so that plain
+(Markdown and LaTeX to the printed digits). Markdown and LaTeX print numbers by the one rule of
+``mscsa_lab.io.numbers`` (significant figures, percentages with one decimal, integer FPS); LaTeX
+keeps to the columns a paper needs (``paper_columns``, or the ``columns`` asked for) so the table
+fits a column. A CSV file holds the table alone, so that plain
 ``pandas.read_csv(path)`` (or a spreadsheet) reads it as it is; its title, metadata and notes go to
 the JSON file beside it, ``<name>.csv.meta.json`` (``metadata_path``).
 """
@@ -17,7 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["ResultTable", "FORMATS", "format_for_path", "read_table", "metadata_path"]
+from mscsa_lab.io.numbers import DEFAULT_DIGITS, format_cell
+
+__all__ = ["ResultTable", "FORMATS", "format_for_path", "read_table", "metadata_path", "export_stem"]
 
 FORMATS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".json": "json"}
 _META_TAG = "mscsa-lab-metadata:"
@@ -31,23 +36,31 @@ def metadata_path(csv_path: str | Path) -> Path:
     return csv_path.with_name(csv_path.name + ".meta.json")
 
 
+def export_stem(kind: str, models: Any = (), task: str | None = None, size: Any = None, when: float | None = None) -> str:
+    """A file name (without suffix) that says what it holds: ``compare_pvt_v2_b0-pvt_v2_b1_cls_224x224_20261123-1630``.
+
+    models: a name or names (at most three spelled out, then ``+N``); size: (H, W), an int or "HxW";
+    when: a time stamp (default now)."""
+    import re
+    import time
+
+    names = [models] if isinstance(models, str) else [str(m) for m in models or ()]
+    clean = [re.sub(r"[^A-Za-z0-9_]+", "-", n).strip("-") for n in names if str(n).strip()]
+    model_part = "-".join(clean[:3]) + (f"+{len(clean) - 3}" if len(clean) > 3 else "")
+    if isinstance(size, int):
+        size = (size, size)
+    size_part = size if isinstance(size, str) else (f"{size[0]}x{size[1]}" if size else "")
+    task_part = {"classification": "cls", "dense": "dense", "segmentation": "seg"}.get(task or "", task or "")
+    stamp = time.strftime("%Y%m%d-%H%M", time.localtime(when))
+    parts = [kind, model_part, task_part, size_part, stamp]
+    return "_".join(part for part in parts if part)
+
+
 def format_for_path(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"cannot tell the format of {str(path)!r}: use one of {sorted(FORMATS)}")
     return FORMATS[suffix]
-
-
-def _cell(value: Any, precision: int) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.{precision}f}"
-    if value is None:
-        return "-"
-    return str(value)
 
 
 def _is_numeric(column: pd.Series) -> bool:
@@ -81,6 +94,8 @@ class ResultTable:
     frame: pd.DataFrame
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The columns a paper's table needs (LaTeX default); None = every column.
+    paper_columns: list[str] | None = None
 
     # ------------------------------------------------------------------ writers
     def to_csv(self) -> str:
@@ -89,15 +104,16 @@ class ResultTable:
 
     def metadata_json(self) -> str:
         return json.dumps(dict(title=self.title, metadata=self.metadata, notes=self.notes,
-                               columns=list(self.frame.columns)), indent=2, default=str)
+                               columns=list(self.frame.columns), paper_columns=self.paper_columns), indent=2, default=str)
 
-    def to_markdown(self, precision: int = 3) -> str:
+    def to_markdown(self, digits: int = DEFAULT_DIGITS) -> str:
         columns = list(self.frame.columns)
         lines = [f"### {self.title}", ""]
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join("---:" if _is_numeric(self.frame[c]) else "---" for c in columns) + "|")
         for record in self.frame.itertuples(index=False):
-            lines.append("| " + " | ".join(_cell(v, precision).replace("|", "\\|") for v in record) + " |")
+            lines.append("| " + " | ".join(format_cell(v, c, digits).replace("|", "\\|")
+                                            for v, c in zip(record, columns)) + " |")
         lines.append("")
         lines += [f"> {note}" for note in self.notes]
         lines.append("")
@@ -106,47 +122,63 @@ class ResultTable:
         lines.append(f"<!-- {_META_TAG} {json.dumps(self.metadata, default=str)} -->")
         return "\n".join(lines) + "\n"
 
-    def to_latex(self, precision: int = 3) -> str:
-        columns = list(self.frame.columns)
-        align = "".join("r" if _is_numeric(self.frame[c]) else "l" for c in columns)
+    def latex_columns(self, columns: list[str] | None = None) -> list[str]:
+        """The columns the LaTeX table keeps: those asked for, else ``paper_columns``, else all."""
+        chosen = list(columns) if columns else list(self.paper_columns or self.frame.columns)
+        unknown = [c for c in chosen if c not in self.frame.columns]
+        if unknown:
+            raise ValueError(f"unknown column(s) {unknown}: this table has {list(self.frame.columns)}")
+        return chosen
+
+    def to_latex(self, digits: int = DEFAULT_DIGITS, columns: list[str] | None = None) -> str:
+        """A booktabs table. More than six columns spans both columns of a two-column paper (``table*``)."""
+        columns = self.latex_columns(columns)
+        frame = self.frame[columns]
+        align = "".join("r" if _is_numeric(frame[c]) else "l" for c in columns)
+        environment = "table*" if len(columns) > 6 else "table"
+        dropped = [c for c in self.frame.columns if c not in columns]
         lines = [
             f"% {_META_TAG} {json.dumps(self.metadata, default=str)}",
             "% needs \\usepackage{booktabs}",
-            "\\begin{table}[t]",
+            *([f"% columns left out (in the CSV/JSON): {', '.join(dropped)}"] if dropped else []),
+            f"\\begin{{{environment}}}[t]",
             "\\centering",
+            "\\small",
             f"\\caption{{{_latex_escape(self.title)}}}",
-            f"\\begin{{tabular}}{{{align}}}",
+            f"\\begin{{tabular}}{{@{{}}{align}@{{}}}}",
             "\\toprule",
             " & ".join(_latex_escape(c) for c in columns) + " \\\\",
             "\\midrule",
         ]
-        for record in self.frame.itertuples(index=False):
-            lines.append(" & ".join(_latex_escape(_cell(v, precision)) for v in record) + " \\\\")
+        for record in frame.itertuples(index=False):
+            lines.append(" & ".join(_latex_escape(format_cell(v, c, digits)) for v, c in zip(record, columns)) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
         lines += [f"% note: {note}" for note in self.notes]
-        lines.append("\\end{table}")
+        lines.append(f"\\end{{{environment}}}")
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> str:
         records = json.loads(self.frame.to_json(orient="records", double_precision=15))
         return json.dumps(
             dict(title=self.title, metadata=self.metadata, notes=self.notes, columns=list(self.frame.columns),
-                 rows=records),
+                 paper_columns=self.paper_columns, rows=records),
             indent=2,
             default=str,
         )
 
-    def render(self, fmt: str, precision: int = 3) -> str:
+    def render(self, fmt: str, digits: int = DEFAULT_DIGITS, columns: list[str] | None = None) -> str:
+        """The table as text; ``columns`` applies to LaTeX (the other formats keep every column)."""
         writers = dict(csv=self.to_csv, json=self.to_json,
-                       markdown=lambda: self.to_markdown(precision), latex=lambda: self.to_latex(precision))
+                       markdown=lambda: self.to_markdown(digits), latex=lambda: self.to_latex(digits, columns))
         if fmt not in writers:
             raise ValueError(f"unknown format {fmt!r}: choose one of {sorted(writers)}")
         return writers[fmt]()
 
-    def write(self, path: str | Path, precision: int = 3) -> Path:
-        """Write in the format named by the file's suffix (.csv .md .tex .json)."""
+    def write(self, path: str | Path, digits: int = DEFAULT_DIGITS, columns: list[str] | None = None) -> Path:
+        """Write in the format named by the file's suffix (.csv .md .tex .json); a CSV gets its
+        metadata sidecar ``<name>.csv.meta.json``."""
         path = Path(path)
-        text = self.render(format_for_path(path), precision)
+        text = self.render(format_for_path(path), digits, columns)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         if format_for_path(path) == "csv":
@@ -161,7 +193,8 @@ def _read_csv(text: str, path: Path) -> ResultTable:
     if not sidecar.is_file():  # a CSV without its JSON: the numbers, without title or metadata
         return ResultTable(path.stem, frame)
     data = json.loads(sidecar.read_text(encoding="utf-8"))
-    return ResultTable(data.get("title", ""), frame, data.get("metadata", {}), data.get("notes", []))
+    return ResultTable(data.get("title", ""), frame, data.get("metadata", {}), data.get("notes", []),
+                       data.get("paper_columns"))
 
 
 def _metadata_from_comment(text: str) -> dict[str, Any]:
@@ -202,7 +235,8 @@ def _read_latex(text: str) -> ResultTable:
 def _read_json(text: str) -> ResultTable:
     data = json.loads(text)
     frame = pd.DataFrame(data["rows"], columns=data["columns"])
-    return ResultTable(data.get("title", ""), frame, data.get("metadata", {}), data.get("notes", []))
+    return ResultTable(data.get("title", ""), frame, data.get("metadata", {}), data.get("notes", []),
+                       data.get("paper_columns"))
 
 
 def read_table(path: str | Path) -> ResultTable:

@@ -239,7 +239,9 @@ def run_ablation(
              f"({first.max_steps or first.epochs} {'steps' if first.max_steps else 'epochs'}, "
              f"img {first.img_size}, {'synthetic shapes' if first.is_synthetic else first.data})")
     notes = _notes(first, seeds, input_size, fps and not stopped, "Paper FLOPs (M)" in frame.columns, stopped)
-    return ResultTable(title, frame, metadata, notes)
+    keep = [c for c in ("Variant", "FLOPs (M)", "Paper FLOPs (M)", "FPS ratio", "Top-1 mean (%)", "Top-1 std")
+            if c in frame.columns]
+    return ResultTable(title, frame, metadata, notes, keep)
 
 
 def _fps_ratios(configs, chosen, model_fields, base_settings, backbone_kwargs, input_size, device,
