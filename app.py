@@ -12,6 +12,7 @@ import warnings
 import gradio as gr
 
 from webapp import handlers, training
+from mscsa_lab.io.numbers import readable_frame
 from mscsa_lab.models.config import DOWNSAMPLE_STRATEGIES
 from mscsa_lab.presets import list_profiles
 from mscsa_lab.explain.saliency import METHODS
@@ -19,6 +20,14 @@ from mscsa_lab.explain.saliency import METHODS
 # Checkpoints are the largest uploads (a 224x224 PVTv2-B1+MSCSA is 75 MB in fp32); images are further
 # limited to 50 MB by mscsa_lab.io.images.
 MAX_UPLOAD = "512mb"
+
+# One error at a time: Gradio stacks a message per error; only the newest is shown.
+CSS = """
+.toast-wrap > .toast-body:not(:last-child) { display: none !important; }
+.toast-messages > .toast-message-item:not(:last-child) { display: none !important; }
+.toast-count { display: none !important; }
+"""
+LAUNCH_OPTIONS = dict(max_file_size=MAX_UPLOAD, css=CSS)
 
 
 def _user_errors(action):
@@ -48,9 +57,17 @@ def on_build(field_names: tuple[str, ...], *values):
     return (*handlers.build_action(form), form)
 
 
+def _cleared(count: int):
+    """A function that empties ``count`` result components: results never outlive the inputs or the
+    run that made them (an error leaves the outputs empty, not showing the previous run's numbers)."""
+    return lambda *_: tuple([None] * count) if count > 1 else None
+
+
 @_user_errors
-def on_profile(form, convention, level):
-    return handlers.profile_action(form or handlers.ModelForm(), convention, level)
+def on_profile(form, convention, level, memory, memory_batch, training):
+    form = form or handlers.ModelForm()
+    title, frame, figure, files, notes = handlers.profile_action(form, convention, level, memory, memory_batch, training)
+    return f"### {title}", frame, figure, files, notes
 
 
 @_user_errors
@@ -58,12 +75,31 @@ def on_budget(name, cap, height, width, task):
     return handlers.budget_action(name, cap, height, width, task)
 
 
+BUDGET_FIELDS = ("profile", "backbone", "depth", "num_heads", "key_dim", "mlp_ratio", "squeeze_ratio")
+
+
 @_user_errors
-def on_benchmark(names, device, precision, batch, channels_last, steps, repeats, size, latency_model,
-                 progress=gr.Progress()):
+def on_budget_apply(name, chosen):
+    fields = handlers.budget_apply(name, chosen)
+    updates = [fields[key] if fields[key] is not None else gr.update() for key in BUDGET_FIELDS]
+    return (*updates, f"Applied the budget's settings for {name} to the Build tab; building...")
+
+
+@_user_errors
+def on_pin(pinned, form):
+    return handlers.pin_action(pinned, form)
+
+
+@_user_errors
+def on_benchmark(names, device, precision, batch, channels_last, steps, repeats, size, latency_model, include_build,
+                 max_seconds, form, progress=gr.Progress()):
     report = lambda fraction, message: progress(fraction, desc=message)  # noqa: E731
-    return handlers.benchmark_action(names, device, precision, batch, channels_last, steps, repeats, size,
-                                      latency_model or None, progress=report)
+    if include_build and form is None:
+        raise gr.Error("build a model in the Build tab first, or untick 'Include the Build tab's model'")
+    title, frame, figure, latency, latency_figure, files = handlers.benchmark_action(
+        names, device, precision, batch, channels_last, steps, repeats, size, latency_model or None, progress=report,
+        build_form=form if include_build else None, max_seconds=max_seconds)
+    return f"### {title}", frame, figure, latency, latency_figure, files
 
 
 @_user_errors
@@ -105,7 +141,8 @@ def on_ablate(model, table, seeds, data, max_steps, batch, img_size, fps):
         name, variants, seed_list, fields = handlers.ablation_fields(model, table, seeds, data, max_steps, batch,
                                                                      img_size)
         for status, frame, files in training.ablation_job(name, variants, seed_list, fields, fps=bool(fps)):
-            yield status, (frame if frame is not None else gr.update()), (files if files is not None else gr.update())
+            yield (status, readable_frame(frame) if frame is not None else gr.update(),
+                   files if files is not None else gr.update())
     except gr.Error:
         raise
     except handlers.USER_ERRORS as error:
@@ -119,8 +156,11 @@ def _model_sources() -> list[tuple[str, str]]:
 
 
 @_user_errors
-def on_compare(names, height, width, task, convention):
-    return handlers.compare_action(names, height, width, task, convention)
+def on_compare(names, height, width, task, convention, fps, include_pinned, pinned, progress=gr.Progress()):
+    report = lambda fraction, message: progress(fraction, desc=message)  # noqa: E731
+    title, frame, figure, files, notes = handlers.compare_action(
+        names, height, width, task, convention, pinned if include_pinned else (), bool(fps), progress=report)
+    return f"### {title}", frame, figure, files, notes
 
 
 def make_app() -> gr.Blocks:
@@ -150,17 +190,32 @@ def make_app() -> gr.Blocks:
                 use_msp = gr.Checkbox(True, label="Multi-scale K/V (MSP)")
                 downsample = gr.Dropdown(list(DOWNSAMPLE_STRATEGIES), value="dwconv", label="MSP down-sampling")
                 pretrained = gr.Checkbox(False, label="Pretrained backbone (timm weights: downloaded, or from the cache)")
-            build = gr.Button("Build", variant="primary", elem_id="build-button")
-            build_status = gr.Markdown(elem_id="build-status")
             with gr.Row():
-                stages = gr.Dataframe(label="Stages")
-                scales = gr.Dataframe(label="Key/value scales")
-                params = gr.Dataframe(label="Parameters")
+                build = gr.Button("Build", variant="primary", elem_id="build-button")
+                pin = gr.Button("Pin for Compare", elem_id="pin-button")
+                unpin = gr.Button("Clear pinned")
+            build_status = gr.Markdown(elem_id="build-status")
+            pinned_note = gr.Markdown(handlers.pinned_text([]), elem_id="pinned-note")
+            stages = gr.Dataframe(label="Stages", wrap=True, elem_id="build-stages")
+            with gr.Row():
+                scales = gr.Dataframe(label="Key/value scales", wrap=True)
+                params = gr.Dataframe(label="Parameters", wrap=True, elem_id="build-params")
+            diagram = gr.Plot(label="The built model (drawn from the model itself)", elem_id="build-diagram")
+            diagram_files = gr.File(label="Diagram (SVG, PNG)", file_count="multiple", elem_id="build-files")
             form_fields = dict(profile=profile, backbone=backbone, task=task, height=height, width=width, depth=depth,
                                num_heads=num_heads, key_dim=key_dim, mlp_ratio=mlp_ratio, squeeze_ratio=squeeze,
                                use_pcp=use_pcp, use_intra_ffn=use_intra_ffn, use_msp=use_msp, downsample=downsample,
                                pretrained=pretrained)
-            build.click(functools.partial(on_build, tuple(form_fields)), list(form_fields.values()), [build_status, stages, scales, params, model_state], api_name="build")
+            build_outputs = [build_status, stages, scales, params, diagram, diagram_files]
+            build_event = dict(fn=functools.partial(on_build, tuple(form_fields)), inputs=list(form_fields.values()),
+                               outputs=build_outputs + [model_state])
+            build.click(_cleared(len(build_outputs)), None, build_outputs, queue=False).then(
+                **build_event, api_name="build")
+            for field in form_fields.values():  # changed inputs: the shown model is no longer what the form says
+                field.input(_cleared(len(build_outputs)), None, build_outputs, queue=False)
+            pinned_state = gr.State([])
+            pin.click(on_pin, [pinned_state, model_state], [pinned_state, pinned_note], api_name="pin")
+            unpin.click(lambda: ([], handlers.pinned_text([])), None, [pinned_state, pinned_note], queue=False)
 
         with gr.Tab("Profile"):
             gr.Markdown("FLOPs and parameters of the model built in the Build tab, per component "
@@ -168,48 +223,67 @@ def make_app() -> gr.Blocks:
             with gr.Row():
                 convention = gr.Radio(["mac", "2x"], value="mac", label="FLOPs convention")
                 level = gr.Radio([0, 1, 2], value=1, label="Detail level")
+                memory = gr.Checkbox(False, label="Memory per component (activations, peak)", elem_id="profile-memory")
+                memory_batch = gr.Number(1, label="Memory at batch", precision=0, elem_id="profile-batch")
+                memory_training = gr.Checkbox(False, label="for a training step (AdamW)", elem_id="profile-training")
                 run_profile = gr.Button("Profile", variant="primary", elem_id="profile-button")
-            profile_table = gr.Dataframe(label="Per-component cost", elem_id="profile-table")
+            profile_title = gr.Markdown(elem_id="profile-title")
+            profile_table = gr.Dataframe(label="Per-component cost", elem_id="profile-table", wrap=True)
             profile_plot = gr.Plot(label="Shares of the MSCSA parts")
-            profile_files = gr.File(label="Downloads", file_count="multiple")
+            profile_files = gr.File(label="Downloads", file_count="multiple", elem_id="profile-files")
             profile_notes = gr.Markdown()
-            run_profile.click(on_profile, [model_state, convention, level],
-                              [profile_table, profile_plot, profile_files, profile_notes], api_name="profile")
+            profile_outputs = [profile_title, profile_table, profile_plot, profile_files, profile_notes]
+            run_profile.click(_cleared(len(profile_outputs)), None, profile_outputs, queue=False).then(
+                on_profile, [model_state, convention, level, memory, memory_batch, memory_training], profile_outputs,
+                api_name="profile")
+            model_state.change(_cleared(len(profile_outputs)), None, profile_outputs, queue=False)
             gr.Markdown("### FLOPs budget\nThe configuration whose added FLOPs come closest to the cap.")
             with gr.Row():
                 budget_name = gr.Dropdown(_profile_choices(True), value="pvt_v2_b1", label="Backbone", allow_custom_value=True)
                 budget_cap = gr.Number(10, label="Cap (% of the backbone's FLOPs)")
                 budget_button = gr.Button("Fit")
-            budget_message = gr.Markdown()
+            budget_message = gr.Markdown(elem_id="budget-message")
             budget_config = gr.Code(language="json", label="Chosen settings")
-            budget_table = gr.Dataframe(label="Candidates tried")
-            budget_button.click(on_budget, [budget_name, budget_cap, height, width, task],
-                                [budget_message, budget_config, budget_table], api_name="budget")
+            budget_apply = gr.Button("Apply to Build (and build it)", elem_id="budget-apply")
+            budget_table = gr.Dataframe(label="Candidates tried", wrap=True)
+            budget_outputs = [budget_message, budget_config, budget_table]
+            budget_button.click(_cleared(len(budget_outputs)), None, budget_outputs, queue=False).then(
+                on_budget, [budget_name, budget_cap, height, width, task], budget_outputs, api_name="budget")
+            budget_apply.click(
+                on_budget_apply, [budget_name, budget_config],
+                [form_fields[key] for key in BUDGET_FIELDS] + [budget_message], api_name="budget_apply"
+            ).success(**build_event)
 
         with gr.Tab("Benchmark"):
             gr.Markdown(handlers.device_note(), elem_id="device-note")
             with gr.Row():
-                bench_names = gr.Dropdown(_profile_choices(True), value=["pvt_v2_b0"], multiselect=True, label="Backbones")
+                bench_names = gr.Dropdown(_profile_choices(True), value=["pvt_v2_b0"], multiselect=True,
+                                          label="Backbones (profiles, or type a timm name)", allow_custom_value=True,
+                                          elem_id="bench-names")
+                bench_build = gr.Checkbox(False, label="Include the Build tab's model", elem_id="bench-build")
                 bench_device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="Device")
                 bench_precision = gr.Radio(["fp32", "tf32", "fp16", "bf16"], value="fp32", label="Precision")
             with gr.Row():
                 bench_batch = gr.Number(8, label="Batch", precision=0)
                 bench_channels_last = gr.Checkbox(False, label="channels_last")
                 bench_steps = gr.Number(3, label="Steps per timed block", precision=0)
-                bench_repeats = gr.Number(3, label="Repeats", precision=0)
+                bench_repeats = gr.Number(6, label="Least rounds (more until the ratio is known to +-2%)", precision=0)
+                bench_cap = gr.Number(60, label="Time cap per backbone (s)", precision=0)
                 bench_size = gr.Number(224, label="Input size", precision=0)
                 bench_latency = gr.Dropdown([("none", "")] + _profile_choices(True), value="", label="Per-component latency of")
-            bench_button = gr.Button("Run benchmark", variant="primary")
-            bench_note = gr.Markdown()
-            bench_table = gr.Dataframe(label="FPS with and without MSCSA (measured interleaved)")
+            bench_button = gr.Button("Run benchmark", variant="primary", elem_id="bench-button")
+            bench_note = gr.Markdown(elem_id="bench-title")
+            bench_table = gr.Dataframe(label="FPS with and without MSCSA (measured interleaved; low/high: 95% interval)",
+                                       elem_id="bench-table", wrap=True)
             bench_plot = gr.Plot(label="FPS change")
-            latency_table = gr.Dataframe(label="Per-component latency")
+            latency_table = gr.Dataframe(label="Per-component latency", wrap=True)
             latency_plot = gr.Plot(label="Share of time vs share of FLOPs")
             bench_files = gr.File(label="Downloads", file_count="multiple")
-            bench_button.click(on_benchmark, [bench_names, bench_device, bench_precision, bench_batch, bench_channels_last,
-                                              bench_steps, bench_repeats, bench_size, bench_latency],
-                               [bench_note, bench_table, bench_plot, latency_table, latency_plot, bench_files],
-                               api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
+            bench_outputs = [bench_note, bench_table, bench_plot, latency_table, latency_plot, bench_files]
+            bench_button.click(_cleared(len(bench_outputs)), None, bench_outputs, queue=False).then(
+                on_benchmark, [bench_names, bench_device, bench_precision, bench_batch, bench_channels_last, bench_steps,
+                               bench_repeats, bench_size, bench_latency, bench_build, bench_cap, model_state],
+                bench_outputs, api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
 
         with gr.Tab("Saliency"):
             gr.Markdown("One map per scale (X0 full, X1 2x down, X2 3x down) of a CSA layer's keys or values. "
@@ -319,14 +393,23 @@ def make_app() -> gr.Blocks:
                 compare_task = gr.Radio(["classification", "dense", "segmentation"], value="classification",
                                         label="Task (segmentation: TopFormer profiles only)")
                 compare_convention = gr.Radio(["mac", "2x"], value="mac", label="FLOPs convention")
+            with gr.Row():
+                compare_fps = gr.Checkbox(False, label="Measure FPS too (interleaved, with 95% intervals; slower)",
+                                          elem_id="compare-fps")
+                compare_pinned = gr.Checkbox(True, label="Include the configurations pinned in Build",
+                                             elem_id="compare-pinned")
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
-            compare_table = gr.Dataframe(label="With and without MSCSA (paper's figures beside)", elem_id="compare-table")
+            compare_title = gr.Markdown(elem_id="compare-title")
+            compare_table = gr.Dataframe(label="With and without MSCSA (paper's figures beside)", elem_id="compare-table",
+                                         wrap=True)
             compare_plot = gr.Plot(label="FLOPs")
             compare_files = gr.File(label="Downloads: CSV, Markdown, LaTeX, JSON, PNG, SVG", file_count="multiple",
                                     elem_id="compare-files")
             compare_notes = gr.Markdown()
-            compare_button.click(on_compare, [compare_names, compare_height, compare_width, compare_task, compare_convention],
-                                 [compare_table, compare_plot, compare_files, compare_notes], api_name="compare")
+            compare_outputs = [compare_title, compare_table, compare_plot, compare_files, compare_notes]
+            compare_button.click(_cleared(len(compare_outputs)), None, compare_outputs, queue=False).then(
+                on_compare, [compare_names, compare_height, compare_width, compare_task, compare_convention, compare_fps,
+                             compare_pinned, pinned_state], compare_outputs, api_name="compare")
     return demo
 
 
@@ -347,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
             stacklevel=1,
         )
     make_app().queue(default_concurrency_limit=2).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD
+        server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS
     )
 
 

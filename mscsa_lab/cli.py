@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
     profile.add_argument("--level", type=int, default=2, choices=[0, 1, 2],
                          help="detail: 0 top-level parts, 1 with sub-parts, 2 with per-scale K/V (default: 2)")
+    profile.add_argument("--memory", action="store_true",
+                         help="memory per component beside FLOPs: parameters, activations (and, with --training, "
+                              "saved-for-backward, gradients, AdamW state) at --batch, like torchinfo's summary")
+    profile.add_argument("--training", action="store_true", help="with --memory: a training step's memory")
     _add_common(profile)
 
     compare = commands.add_parser("compare", help="backbones with and without MSCSA (Table 6)",
@@ -243,6 +247,13 @@ def _run(args: argparse.Namespace) -> int:
         model = build_model(args.name, args.backbone, args.task, args.input, **settings)
         report = profile_model(model, args.input, args.batch)
         table = report.to_table(args.convention)
+        if args.memory or args.training:
+            from mscsa_lab.analysis.memory import memory_profile, merge_with_profile
+
+            profiled = memory_profile(model, args.input, batch_size=args.batch, training=args.training)
+            table.frame = merge_with_profile(table.frame, profiled.to_frame())
+            table.notes += profiled.notes()
+            print(profiled.totals_table().to_markdown(args.digits))
         table.frame = table.frame[table.frame["Level"] <= args.level].reset_index(drop=True)
         print(table.to_markdown(args.digits))
         for path in _write_outputs(table, args.output, args.plot, args):
@@ -297,8 +308,14 @@ def _run(args: argparse.Namespace) -> int:
             from mscsa_lab.registry import build_named_model
             from mscsa_lab.bench.latency import component_latency
 
+            from mscsa_lab.analysis.memory import merge_with_latency, traffic_profile
+
             model = build_named_model(args.name, args.task, args.input)
             table = component_latency(model, args.input, settings).to_table()
+            traffic = traffic_profile(model, args.input, batch_size=settings.batch)
+            table.frame = merge_with_latency(table.frame, traffic.to_frame())
+            table.notes.append("Bytes moved: module inputs + outputs + parameters per forward pass (eager: every "
+                               "operator's reads and writes); intensity = FLOPs / bytes moved.")
         print(table.to_markdown(args.digits))
         for path in _write_outputs(table, args.output, args.plot, args):
             print(f"wrote {path}", file=sys.stderr)

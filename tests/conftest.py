@@ -45,7 +45,8 @@ def app_url(tmp_path_factory):
     training.set_runs_dir(tmp_path_factory.mktemp("runs"))
 
     demo = mscsa_app.make_app()
-    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                        **mscsa_app.LAUNCH_OPTIONS)
     try:
         yield demo.local_url
     finally:

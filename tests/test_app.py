@@ -30,15 +30,21 @@ def call_build(client, **changes):
 
 
 def test_build_tab_shows_architecture(client):
-    text, stages, scales, params = call_build(client)[:4]
+    text, stages, scales, params, diagram, files = call_build(client)
     assert "pvt_v2_b1 + MSCSA" in text and "640 channels" in text and "74 key/value tokens" in text
-    assert [row[3] for row in stages["data"]] == [40, 80, 200, 320]
-    assert [row[2] for row in scales["data"]] == [49, 16, 9]
+    assert "19.7 M parameters" in text  # readable, not 19656000
+    assert [row[3] for row in stages["data"]] == ["40", "80", "200", "320"]
+    assert [row[2] for row in scales["data"]] == ["49", "16", "9"]
+    assert any(str(cell).endswith(" M") for row in params["data"] for cell in row)  # 13.5 M, not 13496000
+    svg = next(Path(f) for f in files if f.endswith(".svg"))
+    assert svg.name.startswith("diagram_pvt_v2_b1_cls_224x224_")
+    text_svg = svg.read_text()
+    assert "640 ch" in text_svg and "7x7 = 49 tokens" in text_svg and "MSCSA block 1 of 1" in text_svg
 
 
 def test_build_tab_custom_backbone_and_bad_input(client):
     text, stages = call_build(client, backbone="resnet18", squeeze="1/2", height=197, width=263)[:2]
-    assert "resnet18 + MSCSA" in text and [row[3] for row in stages["data"]] == [32, 64, 128, 256]
+    assert "resnet18 (squeeze 1/2) + MSCSA" in text and [row[3] for row in stages["data"]] == ["32", "64", "128", "256"]
     with pytest.raises(Exception, match="depth=99 is out of range"):
         call_build(client, depth="99")
     with pytest.raises(Exception, match="num_heads must be a number, got 'eight'"):
@@ -52,11 +58,13 @@ def test_build_tab_custom_backbone_and_bad_input(client):
 
 def test_profile_tab_uses_the_built_model_and_offers_every_format(client):
     call_build(client, profile="pvt_v2_b0")
-    table, plot, files, notes = client.predict("mac", 1, api_name="/profile")
+    title, table, plot, files, notes = client.predict("mac", 1, False, 1, False, api_name="/profile")
+    assert "pvt_v2_b0 + MSCSA (classification, 224x224)" in title
     components = [row[0] for row in table["data"]]
     assert "CSA 1 (block 1)" in components and "attention matmuls" in components
     assert sorted(Path(f).name.split(".", 1)[1] for f in files) == ["csv", "csv.meta.json", "json", "md", "png", "svg",
                                                                       "tex"]
+    assert all(Path(f).name.startswith("profile_pvt_v2_b0_cls_224x224_") for f in files)
     csv = next(f for f in files if f.endswith(".csv"))
     sidecar = next(f for f in files if f.endswith(".csv.meta.json"))
     assert json.loads(Path(sidecar).read_text())["metadata"]["model"] == "pvt_v2_b0 + MSCSA"
@@ -65,23 +73,53 @@ def test_profile_tab_uses_the_built_model_and_offers_every_format(client):
     assert "Operators fvcore does not count" in notes
 
 
+def test_profile_tab_memory_beside_flops(client):
+    call_build(client, backbone="resnet18", height=64, width=64)
+    title, table, plot, files, notes = client.predict("mac", 0, True, 4, True, api_name="/profile")
+    assert "memory at batch 4 (training step, AdamW)" in title
+    row = dict(zip(table["headers"], next(r for r in table["data"] if r[0] == "backbone")))
+    assert float(row["Activations MiB"]) > 0 and float(row["Training MiB"]) > float(row["Param MiB"])
+    assert "peak, training step" in notes
+    with pytest.raises(Exception, match="memory batch must be a whole number from 1 to 256"):
+        client.predict("mac", 0, True, 100000, True, api_name="/profile")
+
+
 def test_budget_helper(client):
     message, settings, candidates = client.predict("pvt_v2_b0", 10, 224, 224, "classification", api_name="/budget")
     assert "chose squeeze ratio" in message and '"squeeze_ratio"' in settings
+    chosen = json.loads(settings)
+    profile, backbone, depth, heads, key_dim, mlp, squeeze, note = client.predict("pvt_v2_b0", settings,
+                                                                                  api_name="/budget_apply")
+    assert (profile, backbone, depth, heads) == ("pvt_v2_b0", "", str(chosen["depth"]), str(chosen["num_heads"]))
+    from fractions import Fraction
+    assert Fraction(squeeze) == Fraction(chosen["squeeze_ratio"]).limit_denominator(64) and "Applied" in note
+    with pytest.raises(Exception, match="no settings to apply"):
+        client.predict("pvt_v2_b0", "", api_name="/budget_apply")
     with pytest.raises(Exception, match="give the cap as a percentage"):
         client.predict("pvt_v2_b0", 0, 224, 224, "classification", api_name="/budget")
 
 
 def test_benchmark_tab_on_the_cpu(client):
     note, table, plot, latency, latency_plot, files = client.predict(
-        ["resnet18"], "cpu", "fp32", 1, False, 1, 2, 64, "resnet18", api_name="/benchmark")
-    assert "No GPU on this machine" in note or "GPU available" in note
+        ["resnet18"], "cpu", "fp32", 1, False, 1, 2, 64, "resnet18", False, 5, api_name="/benchmark")
+    assert "Throughput with and without MSCSA (classification, 64x64" in note and "batch 1" in note
+    assert "Warnings" in note  # two rounds cannot give a 95% interval: said, not hidden
     row = dict(zip(table["headers"], table["data"][0]))
-    assert row["Model"] == "ResNet-18" and row["FPS"] > 0 and row["+MSCSA fast FPS"] > 0
-    assert "squeeze convs" in [r[0] for r in latency["data"]]
-    assert {Path(f).name for f in files} >= {"fps.csv", "latency.csv", "fps.png"}
+    assert row["Model"] == "ResNet-18" and float(row["FPS"]) > 0 and float(row["+MSCSA fast FPS"]) > 0
+    assert float(row["dFPS low (%)"]) <= float(row["dFPS (%)"]) <= float(row["dFPS high (%)"])
+    assert "not stable" in row["Check"]
+    latency_rows = {r[0]: dict(zip(latency["headers"], r)) for r in latency["data"]}
+    assert "squeeze convs" in latency_rows and float(latency_rows["squeeze convs"]["Intensity (FLOPs/byte)"]) > 0
+    names = {Path(f).name for f in files}
+    assert any(n.startswith("fps_resnet18_cls_64x64_") and n.endswith(".csv") for n in names)
+    assert any(n.startswith("latency_resnet18_cls_64x64_") and n.endswith(".csv") for n in names)
     with pytest.raises(Exception, match="pick at least one backbone"):
-        client.predict([], "cpu", "fp32", 1, False, 1, 1, 64, "", api_name="/benchmark")
+        client.predict([], "cpu", "fp32", 1, False, 1, 1, 64, "", False, 5, api_name="/benchmark")
+    # a timm name typed in, and the Build tab's own (custom) model
+    call_build(client, backbone="resnet10t", depth="2", height=64, width=64)
+    note, table = client.predict(["resnet18"], "cpu", "fp32", 1, False, 1, 2, 64, "", True, 5,
+                                 api_name="/benchmark")[:2]
+    assert [r[0] for r in table["data"]] == ["ResNet-18", "resnet10t (depth 2)"]
 
 
 def test_saliency_tab_with_the_demo_model(client):
@@ -118,12 +156,33 @@ def test_saliency_tab_bad_inputs(client, tmp_path):
 
 
 def test_compare_tab_downloads(client):
-    table, plot, files, notes = client.predict(["pvt_v2_b0"], 224, 224, "classification", "mac", api_name="/compare")
+    title, table, plot, files, notes = client.predict(["pvt_v2_b0"], 224, 224, "classification", "mac", False, False,
+                                                      api_name="/compare")
+    assert "Backbones with and without MSCSA (classification, 224x224)" in title
     row = dict(zip(table["headers"], table["data"][0]))
-    assert row["Model"] == "PVTv2-B0" and row["Paper FLOPs (G)"] == 0.57
+    assert row["Model"] == "PVTv2-B0" and row["Paper FLOPs (G)"] == "0.570"
+    assert any(Path(f).name.startswith("compare_pvt_v2_b0_cls_224x224_") for f in files)
     for suffix in (".csv", ".md", ".tex", ".json"):
         path = next(f for f in files if f.endswith(suffix))
         assert read_table(path).frame["Model"].tolist() == ["PVTv2-B0"]
+
+
+def test_pinned_configurations_side_by_side_with_fps(client):
+    """Two configurations of one backbone pinned in Build, compared side by side with measured FPS."""
+    for depth in ("1", "2"):
+        call_build(client, backbone="resnet10t", depth=depth, height=64, width=64)
+        note = client.predict(api_name="/pin")
+    assert "resnet10t (depth 1)" in note and "resnet10t (depth 2)" in note
+    title, table, plot, files, notes = client.predict([], 64, 64, "classification", "mac", True, True,
+                                                      api_name="/compare")
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert list(rows) == ["resnet10t (depth 1)", "resnet10t (depth 2)"]
+    assert float(rows["resnet10t (depth 2)"]["+MSCSA FLOPs (G)"]) > float(rows["resnet10t (depth 1)"]["+MSCSA FLOPs (G)"])
+    for row in rows.values():
+        assert float(row["FPS"]) > 0 and float(row["dFPS low (%)"]) <= float(row["dFPS high (%)"])
+        assert float(row["FLOPs-proportional dFPS (%)"]) < 0
+    with pytest.raises(Exception, match="is pinned already"):
+        client.predict(api_name="/pin")
 
 
 def test_listens_on_localhost_by_default(monkeypatch):
@@ -173,10 +232,10 @@ def test_ablation_study_from_the_train_tab(client):
     status, table, files = client.predict("demo", "5", "0", "synthetic", 2, 4, 64, False, api_name="/ablate")
     assert "finished" in status and "not a finding" in status
     frame = pd.DataFrame(table["data"], columns=table["headers"])
-    assert list(frame["Variant"]) == ["dwconv", "avgpool", "cascade", "single"] and (frame["n"] == 1).all()
+    assert list(frame["Variant"]) == ["dwconv", "avgpool", "cascade", "single"] and (frame["n"] == "1").all()
     assert "FPS ratio" not in frame.columns and "Paper FLOPs (M)" not in frame.columns  # demo is not TopFormer-T
     csv = next(Path(f) for f in files if str(f).endswith(".csv"))
-    assert csv.name.startswith("ablation_demo_")
+    assert csv.name.startswith("ablation-table5_demo_")
     assert list(pd.read_csv(csv)["Variant"]) == list(frame["Variant"])
     sidecar = next(Path(f) for f in files if str(f).endswith(".csv.meta.json"))
     assert json.loads(sidecar.read_text())["metadata"]["seeds"] == [0]

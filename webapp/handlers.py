@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from mscsa_lab.analysis.architecture import architecture_tables
+from mscsa_lab.io.export import export_stem
+from mscsa_lab.io.numbers import format_number, readable_frame
 from mscsa_lab.paths import ASSETS_DIR
 from mscsa_lab.registry import build_model, parse_input_size
 from mscsa_lab.models.config import ConfigError
@@ -166,6 +168,34 @@ class ModelForm:
     def input_size(self) -> tuple[int, int]:
         return parse_input_size(self.height, self.width)
 
+    @property
+    def name(self) -> str:
+        """The profile or timm backbone this form builds on."""
+        return (self.backbone or "").strip() or self.profile
+
+    @property
+    def label(self) -> str:
+        """What results of this model are called: the name, plus the settings changed from the profile."""
+        defaults = ModelForm()
+        changed = []
+        for key, short in (("depth", "depth"), ("num_heads", "heads"), ("key_dim", "d"), ("mlp_ratio", "mlp"),
+                           ("squeeze_ratio", "squeeze")):
+            value = getattr(self, key)
+            if not _blank(value):
+                changed.append(f"{short} {str(value).strip()}")
+        for key, short in (("use_pcp", "PCP"), ("use_intra_ffn", "Intra-FFN"), ("use_msp", "MSP")):
+            if bool(getattr(self, key)) != getattr(defaults, key):
+                changed.append(f"no {short}")
+        if self.downsample != defaults.downsample:
+            changed.append(self.downsample)
+        return self.name + (f" ({', '.join(changed)})" if changed else "")
+
+    def configuration(self):
+        """This model as a row of a comparison (its own MSCSA settings, under its label)."""
+        from mscsa_lab.analysis.compare import Configuration
+
+        return Configuration(self.label, self.name, tuple(sorted(self.settings().items())))
+
     def build(self):
         backbone = (self.backbone or "").strip()
         return build_model(None if backbone else self.profile, backbone or None, self.task, self.input_size,
@@ -195,18 +225,31 @@ def _request_model(form: ModelForm):
     return copy.deepcopy(_built_model(form))
 
 
-def build_action(form: ModelForm) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def build_action(form: ModelForm):
+    """(summary text, stages, scales, parameters, diagram figure, diagram files)."""
+    from mscsa_lab.analysis.diagram import model_diagram
+    from mscsa_lab.io.export import export_stem
+    from mscsa_lab.io.figures import save_figure
+    from mscsa_lab.io.numbers import human_count
+
     model = _request_model(form)
     tables = architecture_tables(model, form.input_size)
     summary = tables["summary"]
     height, width = form.input_size
     text = (
-        f"**{summary['backbone']} + MSCSA** ({summary['task']}), input {height}x{width}: multi-stage map "
+        f"**{form.label} + MSCSA** ({summary['task']}), input {height}x{width}: multi-stage map "
         f"{summary['mscsa_dim']} channels on a {'x'.join(map(str, summary['mscsa_grid']))} grid, "
         f"{sum(summary['tokens_per_scale'])} key/value tokens over {len(summary['tokens_per_scale'])} scales; "
-        f"{summary['params']['total'] / 1e6:.2f} M parameters.\n\n{form.weights_note()}"
+        f"{human_count(summary['params']['total'])} parameters.\n\n{form.weights_note()}"
     )
-    return text, tables["stages"], tables["scales"], tables["params"]
+    params = tables["params"].copy()
+    for column in params.columns:
+        if "param" in str(column).lower() and pd.api.types.is_numeric_dtype(params[column]):
+            params[column] = params[column].map(human_count)
+    figure = model_diagram(model, form.input_size)
+    stem = output_dir("build") / export_stem("diagram", form.label, form.task, form.input_size)
+    files = [str(save_figure(figure, stem.with_suffix(suffix))) for suffix in (".svg", ".png")]
+    return text, readable_frame(tables["stages"]), readable_frame(tables["scales"]), readable_frame(params), figure, files
 
 
 def write_table_files(table, stem: Path, figure=None) -> list[str]:
@@ -222,18 +265,44 @@ def write_table_files(table, stem: Path, figure=None) -> list[str]:
     return files
 
 
-def profile_action(form: ModelForm, convention: str = "mac", level: int = 1):
-    """(table, figure, downloadable files, notes) of the per-component FLOPs and parameters."""
+MEMORY_MAX_BATCH = 256
+
+
+def profile_action(form: ModelForm, convention: str = "mac", level: int = 1, memory: bool = False,
+                   memory_batch: Any = 1, training: bool = False):
+    """(title, table, figure, downloadable files, notes) of the per-component FLOPs and parameters;
+    with ``memory``, parameter/activation memory per component beside them (and the saved-for-backward,
+    gradient and optimizer memory of a training step at ``memory_batch`` when ``training``)."""
+    from mscsa_lab.io.export import export_stem
     from mscsa_lab.io.figures import plot_component_breakdown
     from mscsa_lab.analysis.profiler import profile_model
 
     model = _request_model(form)
     report = profile_model(model, form.input_size)
     table = report.to_table(convention)
+    height, width = form.input_size
+    title = f"Per-component FLOPs and parameters of {form.label} + MSCSA ({form.task}, {height}x{width})"
+    if memory:
+        from mscsa_lab.analysis.memory import memory_profile, merge_with_profile
+
+        batch = _whole("memory batch", memory_batch, 1, MEMORY_MAX_BATCH)
+        profiled = memory_profile(model, form.input_size, batch_size=batch, training=bool(training))
+        table.frame = merge_with_profile(table.frame, profiled.to_frame())
+        table.notes += profiled.notes()
+        totals = profiled.totals_frame()
+        table.notes += ["Totals (MiB): " + "; ".join(f"{row['Quantity']} {format_number(row['Computed MiB'])}"
+                                                    for _, row in totals.iterrows())]
+        table.metadata = {**table.metadata, "memory_batch": batch, "memory_training": bool(training)}
+        title += f", memory at batch {batch} ({'training step, AdamW' if training else 'inference'})"
+        table.paper_columns = [c for c in ("Component", "FLOPs (G)", "Params (M)", "Activations MiB",
+                                           "Training MiB" if training else "Output MiB") if c in table.frame.columns]
     table.frame = table.frame[table.frame["Level"] <= int(level)].reset_index(drop=True)
+    table.title = title
     figure = plot_component_breakdown(table.frame, table.title, mscsa_only=True)
-    files = write_table_files(table, output_dir("profile") / "profile", figure)
-    return table.frame.round(4), figure, files, "\n".join(f"- {n}" for n in table.notes)
+    stem = export_stem("profile", form.label.split(" (")[0] + ("-custom" if " (" in form.label else ""), form.task,
+                       form.input_size)
+    files = write_table_files(table, output_dir("profile") / stem, figure)
+    return title, readable_frame(table.frame), figure, files, "\n".join(f"- {n}" for n in table.notes)
 
 
 def budget_action(name: str, cap_percent: float, height: int, width: int, task: str = "classification"):
@@ -244,7 +313,44 @@ def budget_action(name: str, cap_percent: float, height: int, width: int, task: 
         raise ConfigError("give the cap as a percentage of the backbone's FLOPs, e.g. 10")
     result = fit_flops_budget(name, float(cap_percent) / 100.0, parse_input_size(height, width), task)
     settings = json.dumps(result.config.to_dict(), indent=2) if result.config is not None else ""
-    return result.message, settings, result.candidates.round(4)
+    return result.message, settings, readable_frame(result.candidates)
+
+
+def budget_apply(name: str, chosen: str) -> dict[str, Any]:
+    """The Build tab's fields for the budget helper's chosen settings (the "Apply to Build" button):
+    the backbone (a profile, or a timm name), depth, heads, head dim, MLP ratio and squeeze ratio."""
+    from mscsa_lab.presets import list_profiles
+
+    if not (chosen or "").strip():
+        raise ConfigError("no settings to apply: run Fit first (and pick a cap the helper can meet)")
+    try:
+        config = json.loads(chosen)
+    except ValueError:
+        raise ConfigError("the chosen settings are not valid JSON: run Fit again") from None
+    if not isinstance(config, dict):
+        raise ConfigError("the chosen settings are not a set of MSCSA settings: run Fit again")
+    profiles = {p.name for p in list_profiles()}
+    squeeze = config.get("squeeze_ratio")
+    fields = dict(
+        profile=name if name in profiles else None,
+        backbone="" if name in profiles else name,
+        depth=str(config.get("depth", "")),
+        num_heads=str(config.get("num_heads", "")),
+        key_dim=str(config.get("key_dim", "")),
+        mlp_ratio=str(config.get("mlp_ratio", "")),
+        squeeze_ratio="none" if squeeze is None else _ratio_text(squeeze),
+    )
+    return fields
+
+
+def _ratio_text(value: Any) -> str:
+    from fractions import Fraction
+
+    try:
+        fraction = Fraction(str(value)).limit_denominator(64)
+    except (ValueError, ZeroDivisionError):
+        return str(value)
+    return f"{fraction.numerator}/{fraction.denominator}" if fraction.denominator != 1 else str(fraction.numerator)
 
 
 def device_note(device: str = "auto") -> str:
@@ -256,18 +362,27 @@ def device_note(device: str = "auto") -> str:
             "CPU figures are not comparable with the paper's A100 FPS.")
 
 
+BENCHMARK_MAX_ROUNDS = 40
+BENCHMARK_MAX_SECONDS = 60.0
+
+
 def benchmark_action(names: Sequence[str], device: str = "auto", precision: str = "fp32", batch: int = 8,
-                     channels_last: bool = False, steps: int = 3, repeats: int = 3, input_size: int = 224,
-                     latency_model: str | None = None, progress: Callable[[float, str], None] | None = None):
-    """(device note, FPS table, FPS figure, latency table, latency figure, files)."""
+                     channels_last: bool = False, steps: int = 3, repeats: int = 6, input_size: int = 224,
+                     latency_model: str | None = None, progress: Callable[[float, str], None] | None = None,
+                     build_form: ModelForm | None = None, max_seconds: Any = BENCHMARK_MAX_SECONDS):
+    """(title, FPS table, FPS figure, latency table, latency figure, files). ``build_form``: also time the
+    Build tab's model (its own settings); ``repeats`` is the least number of rounds: more follow until
+    the ratio's 95% interval is within +-2% or ``max_seconds`` per backbone."""
     from mscsa_lab.bench.settings import BenchmarkSettings, resolve_device
     from mscsa_lab.bench.comparison import throughput_comparison
     from mscsa_lab.bench.latency import component_latency
     from mscsa_lab.io.figures import plot_latency, plot_throughput
 
-    names = [n for n in (names or []) if n]
+    names: list[Any] = [n.strip() for n in (names or []) if n and n.strip()]
+    if build_form is not None:
+        names.append(build_form.configuration())
     if not names:
-        raise ConfigError("pick at least one backbone to benchmark")
+        raise ConfigError("pick at least one backbone to benchmark (or include the Build tab's model)")
     resolve_device(device)
     counts = {}
     for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
@@ -277,38 +392,89 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
         if number != int(number):
             raise ConfigError(f"{name} must be a whole number, got {value!r}")
         counts[name] = int(number)
+    if _blank(max_seconds) or not (1 <= _number("time cap", max_seconds) <= 3600):
+        raise ConfigError(f"time cap must be a number of seconds from 1 to 3600, got {max_seconds!r}")
     settings = BenchmarkSettings(device=device, precision=precision, channels_last=bool(channels_last), warmup=2,
-                                 **counts).validate()
+                                 max_repeats=max(BENCHMARK_MAX_ROUNDS, counts["repeats"]), target_interval=0.02,
+                                 max_seconds=float(_number("time cap", max_seconds)), **counts).validate()
     size = parse_input_size(input_size, input_size)
     table = throughput_comparison(names, size, settings, progress=progress)
     folder = output_dir("benchmark")
     fps_figure = plot_throughput(table.frame, table.title)
-    files = write_table_files(table, folder / "fps", fps_figure)
+    labels = [getattr(n, "label", n) for n in names]
+    files = write_table_files(table, folder / export_stem("fps", labels, "classification", size), fps_figure)
     latency_frame, latency_figure = None, None
     if latency_model:
         from mscsa_lab.registry import build_named_model
 
         model = build_named_model(latency_model, "classification", size)
+        from mscsa_lab.analysis.memory import merge_with_latency, traffic_profile
+
         latency = component_latency(model, size, settings).to_table()
+        traffic = traffic_profile(model, size, batch_size=settings.batch)
+        latency.frame = merge_with_latency(latency.frame, traffic.to_frame())
+        latency.notes.append("Bytes moved: module inputs + outputs + parameters per forward pass (eager: every "
+                             "operator's reads and writes); intensity = FLOPs / bytes moved.")
         latency_figure = plot_latency(latency.frame, latency.title)
-        files += write_table_files(latency, folder / "latency", latency_figure)
-        latency_frame = latency.frame.round(3)
-    return device_note(device), table.frame.round(3), fps_figure, latency_frame, latency_figure, files
+        files += write_table_files(latency, folder / export_stem("latency", latency_model, "classification", size),
+                                   latency_figure)
+        latency_frame = readable_frame(latency.frame)
+    warnings = table.metadata.get("warnings") or []
+    title = (f"{table.title}: {len(names)} model(s), batch {settings.batch}"
+             + (f"\n\n**Warnings** (these figures are not findings):\n" + "\n".join(f"- {w}" for w in warnings)
+                if warnings else "\n\nEvery ratio's 95% interval met the target; no warnings."))
+    return title, readable_frame(table.frame), fps_figure, latency_frame, latency_figure, files
 
 
 def compare_action(names: Sequence[str], height: int, width: int, task: str = "classification",
-                   convention: str = "mac"):
-    """(table, figure, files) in the paper's Table 6 layout."""
+                   convention: str = "mac", pinned: Sequence[ModelForm] = (), fps: bool = False,
+                   progress: Callable[[float, str], None] | None = None):
+    """(title, table, figure, files, notes) in the paper's Table 6 layout. ``pinned``: configurations
+    pinned in the Build tab, compared side by side with their own settings; ``fps``: measure FPS too."""
     from mscsa_lab.analysis.compare import compare_backbones
+    from mscsa_lab.io.export import export_stem
     from mscsa_lab.io.figures import plot_comparison
 
-    names = [n for n in (names or []) if n]
-    if not names:
-        raise ConfigError("pick at least one backbone to compare")
-    table = compare_backbones(names, parse_input_size(height, width), task, convention=convention)
+    entries: list[Any] = [n.strip() for n in (names or []) if n and n.strip()]
+    entries += [form.configuration() for form in pinned or ()]
+    if not entries:
+        raise ConfigError("pick at least one backbone to compare (or pin configurations in the Build tab)")
+    size = parse_input_size(height, width)
+    if fps:
+        from mscsa_lab.bench.comparison import compare_with_fps
+        from mscsa_lab.bench.settings import BenchmarkSettings
+
+        settings = BenchmarkSettings(device="auto", batch=8, warmup=2, steps=2, repeats=6, max_repeats=30,
+                                     max_seconds=30.0)
+        table = compare_with_fps(entries, size, settings, task, convention, progress=progress)
+    else:
+        table = compare_backbones(entries, size, task, convention=convention, progress=progress)
     figure = plot_comparison(table.frame, table.title)
-    files = write_table_files(table, output_dir("compare") / "comparison", figure)
-    return table.frame.round(3), figure, files, "\n".join(f"- {n}" for n in table.notes)
+    labels = [getattr(e, "label", e) for e in entries]
+    files = write_table_files(table, output_dir("compare") / export_stem("compare", labels, task, size), figure)
+    return table.title, readable_frame(table.frame), figure, files, "\n".join(f"- {n}" for n in table.notes)
+
+
+MAX_PINNED = 6
+
+
+def pin_action(pinned: Sequence[ModelForm] | None, form: ModelForm | None) -> tuple[list[ModelForm], str]:
+    """Pin the Build tab's model for the Compare tab (several configurations side by side)."""
+    pinned = list(pinned or [])
+    if form is None:
+        raise ConfigError("build a model first, then pin it")
+    if any(existing.label == form.label for existing in pinned):
+        raise ConfigError(f"{form.label} is pinned already")
+    if len(pinned) >= MAX_PINNED:
+        raise ConfigError(f"at most {MAX_PINNED} pinned configurations: clear them first")
+    pinned.append(form)
+    return pinned, pinned_text(pinned)
+
+
+def pinned_text(pinned: Sequence[ModelForm] | None) -> str:
+    if not pinned:
+        return "No configurations pinned: build one and press *Pin for Compare*."
+    return "Pinned for Compare: " + "; ".join(f"`{form.label}`" for form in pinned)
 
 
 # ----------------------------------------------------------------------------------- saliency
@@ -420,15 +586,18 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
     results = [compute_saliency(model, prepared.tensor, method, kind if kind != "attention" else "key", int(block),
                                 int(layer), target_index, grid_query) for kind in kinds]
     folder = output_dir("saliency")
-    grid_path = save_figure(saliency_grid(prepared.display, results, cmap, class_names=classes), folder / "grid.png")
+    model_name = {"demo": "demo"}.get(source) or (form.label if source == "build" and form is not None else source)
+    stem = export_stem(f"saliency-{method}", model_name, None, size)
+    grid_path = save_figure(saliency_grid(prepared.display, results, cmap, class_names=classes),
+                            folder / f"{stem}_grid.png")
     first = results[0]
     top = np.argsort(first.probabilities)[::-1][:3] if first.probabilities is not None else []
     prediction = ", ".join(f"{classes[i] if i < len(classes) else i}: {first.probabilities[i]:.1%}" for i in top)
     mass = attention_mass_chart(first) if first.mass_shares is not None else None
     heads_path = None
     if first.head_maps is not None:
-        heads_path = str(save_figure(head_grid(prepared.display, first, cmap), folder / "heads.png"))
-    npz = save_maps(first, folder / "maps.npz")
+        heads_path = str(save_figure(head_grid(prepared.display, first, cmap), folder / f"{stem}_heads.png"))
+    npz = save_maps(first, folder / f"{stem}_maps.npz")
     text = f"{weights}\n\nPrediction: {prediction}" if prediction else weights
     return str(grid_path), text, mass, heads_path, str(npz), time.perf_counter() - started
 

@@ -204,6 +204,7 @@ def ablation_job(model: str, variants: str, seeds: list[int], train_fields: dict
     Stop (the same button as training) ends the current run; the table then holds the finished runs.
     """
     from mscsa_lab.train.ablation import resolve_variants, run_ablation
+    from mscsa_lab.io.export import export_stem
     from webapp.handlers import output_dir, write_table_files
 
     chosen = resolve_variants(variants)  # unknown variants fail here, before the slot is taken
@@ -246,7 +247,7 @@ def ablation_job(model: str, variants: str, seeds: list[int], train_fields: dict
         if job.error is not None:
             raise job.error
         table = job.result
-        files = write_table_files(table, output_dir("ablation") / f"ablation_{_slug(model)}_{time.strftime('%Y%m%d-%H%M')}")
+        files = write_table_files(table, output_dir("ablation") / export_stem(f"ablation-{variants}", model))
         verdict = "stopped by you: the table holds the runs that finished" if table.metadata.get("status") == "stopped" \
             else "finished"
         text = (f"**{name}** {verdict} in {table.metadata.get('wall_s', 0):.0f} s.\n\n"
@@ -255,6 +256,3 @@ def ablation_job(model: str, variants: str, seeds: list[int], train_fields: dict
     finally:
         _release(job)
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "model"

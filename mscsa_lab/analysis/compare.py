@@ -25,7 +25,30 @@ from mscsa_lab.registry import SEGMENTATION, create_mscsa_model, resolve_name
 from mscsa_lab.analysis.profiler import CONVENTIONS, convention_factor
 from mscsa_lab.presets import Profile
 
-__all__ = ["ModelPair", "build_pair", "measure_pair", "compare_backbones", "comparison_table"]
+__all__ = ["ModelPair", "Configuration", "build_pair", "measure_pair", "compare_backbones", "comparison_table",
+           "as_configuration"]
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One row of a comparison: a profile or timm name with its own MSCSA settings, under a label
+    (so the same backbone can appear with several configurations side by side)."""
+
+    label: str
+    name: str
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def settings_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+
+def as_configuration(item: "str | Profile | Configuration", **settings: Any) -> Configuration:
+    """A name (with the comparison's shared settings) or a ready configuration."""
+    if isinstance(item, Configuration):
+        return item
+    name = getattr(item, "name", item)
+    return Configuration(label="", name=str(name), settings=tuple(sorted(settings.items())))
 
 
 @dataclass
@@ -42,6 +65,7 @@ class ModelPair:
     paper: dict[str, float]
     fps: float | None = None
     fps_mscsa: float | None = None
+    dfps_interval: tuple[float, float] | None = None  # 95% interval of dFPS (%), when measured interleaved
 
 
 def _count(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
@@ -153,9 +177,12 @@ def comparison_table(
             "dParams (%)": relative_change(pair.params_mscsa, pair.params),
         }
         if with_fps:
+            low, high = pair.dfps_interval or (nan, nan)
             row.update({"FPS": pair.fps if pair.fps is not None else nan,
                         "+MSCSA FPS": pair.fps_mscsa if pair.fps_mscsa is not None else nan,
-                        "dFPS (%)": relative_change(pair.fps_mscsa, pair.fps)})
+                        "dFPS (%)": relative_change(pair.fps_mscsa, pair.fps),
+                        "dFPS low (%)": low, "dFPS high (%)": high,
+                        "FLOPs-proportional dFPS (%)": relative_change(pair.flops, pair.flops_mscsa)})
         paper = pair.paper
         row.update({
             "Paper FLOPs (G)": paper.get("flops_g", nan) * factor,
@@ -188,7 +215,7 @@ def comparison_table(
 
 
 def compare_backbones(
-    names: Iterable[str | Profile],
+    names: Iterable["str | Profile | Configuration"],
     input_size: tuple[int, int] = (224, 224),
     task: str = "classification",
     batch: int = 1,
@@ -196,16 +223,20 @@ def compare_backbones(
     progress: Callable[[float, str], None] | None = None,
     **settings: Any,
 ) -> ResultTable:
-    """Measure every named backbone (profile names or timm names) and return the Table 6 layout;
+    """Measure every named backbone (profile names or timm names, with ``settings``; or a ``Configuration``
+    with its own settings and label) and return the Table 6 layout;
     ``progress(fraction, message)`` hears before and after each backbone (``compare --all`` takes a minute)."""
     size = parse_input_size(*input_size)
-    names = list(names)
+    entries = [as_configuration(item, **settings) for item in names]
     pairs = []
-    for index, name in enumerate(names):
-        label = getattr(name, "name", name)
+    for index, entry in enumerate(entries):
+        label = entry.label or entry.name
         if progress is not None:
-            progress(index / len(names), f"{label}: building and counting with and without MSCSA")
-        pairs.append(measure_pair(name, size, task, batch, **settings))
+            progress(index / len(entries), f"{label}: building and counting with and without MSCSA")
+        pair = measure_pair(entry.name, size, task, batch, **entry.settings_dict)
+        if entry.label:
+            pair.name = entry.label
+        pairs.append(pair)
         if progress is not None:
-            progress((index + 1) / len(names), f"{label}: done")
+            progress((index + 1) / len(entries), f"{label}: done")
     return comparison_table(pairs, size, task, batch, convention)

@@ -15,7 +15,14 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from mscsa_lab.analysis.compare import build_pair, measure_built_pair, relative_change
+from mscsa_lab.analysis.compare import (
+    Configuration,
+    as_configuration,
+    build_pair,
+    comparison_table,
+    measure_built_pair,
+    relative_change,
+)
 from mscsa_lab.bench.fps import compare_fps
 from mscsa_lab.bench.settings import BenchmarkSettings
 from mscsa_lab.io.export import ResultTable
@@ -24,11 +31,11 @@ from mscsa_lab.models.fast import make_fast
 from mscsa_lab.presets import Profile
 from mscsa_lab.registry import parse_input_size
 
-__all__ = ["throughput_comparison"]
+__all__ = ["throughput_comparison", "compare_with_fps"]
 
 
 def throughput_comparison(
-    names: Iterable[str | Profile],
+    names: Iterable[str | Profile | Configuration],
     input_size: tuple[int, int] = (224, 224),
     settings: BenchmarkSettings | None = None,
     task: str = "classification",
@@ -44,7 +51,9 @@ def throughput_comparison(
     rows, notes, warnings, device = [], [], [], ""
     nan = float("nan")
     for index, name in enumerate(names):
-        label, profile, base, model = build_pair(name, size, task)
+        entry = as_configuration(name)
+        label, profile, base, model = build_pair(entry.name, size, task, **entry.settings_dict)
+        label = entry.label or label
         pair = measure_built_pair(label, profile, base, model, size, task)
         models = {"backbone": base, "+MSCSA": model}
         if fast:
@@ -131,3 +140,47 @@ def _checks(result, fast: bool) -> list[str]:
     if any(w.startswith("machine busy") for w in result.warnings):
         checks.append("busy machine")
     return checks
+
+
+def compare_with_fps(
+    names: Iterable[str | Profile | Configuration],
+    input_size: tuple[int, int] = (224, 224),
+    settings: BenchmarkSettings | None = None,
+    task: str = "classification",
+    convention: str = "mac",
+    progress: Callable[[float, str], None] | None = None,
+) -> ResultTable:
+    """The Table 6 layout (FLOPs, parameters, the paper beside) with measured FPS: each backbone and
+    its +MSCSA model timed interleaved, dFPS with its 95% interval and the FLOPs-proportional dFPS."""
+    settings = (settings or BenchmarkSettings()).validate()
+    size = parse_input_size(*input_size)
+    entries = [as_configuration(name) for name in names]
+    pairs, warnings, device = [], [], ""
+    for index, entry in enumerate(entries):
+        label, profile, base, model = build_pair(entry.name, size, task, **entry.settings_dict)
+        label = entry.label or label
+        if progress is not None:
+            progress(index / len(entries), f"{label}: counting FLOPs")
+        pair = measure_built_pair(label, profile, base, model, size, task)
+
+        def report(fraction: float, message: str, index: int = index, label: str = label) -> None:
+            if progress is not None:
+                progress((index + fraction) / len(entries), f"{label}: {message}")
+
+        result = compare_fps({"backbone": base, "+MSCSA": model}, size, settings, progress=report)
+        device = result.results["backbone"].device
+        interval = result.ratio_interval("+MSCSA")
+        pair.fps, pair.fps_mscsa = result.results["backbone"].fps_median, result.results["+MSCSA"].fps_median
+        pair.dfps_interval = (100.0 * (interval.low - 1.0), 100.0 * (interval.high - 1.0))
+        warnings += [f"{label}: {w}" for w in result.warnings]
+        if interval.low > 1.0:
+            warnings.append(f"{label}: impossible: +MSCSA measured faster than its backbone (noise)")
+        pairs.append(pair)
+    table = comparison_table(pairs, size, task, convention=convention,
+                             extra_metadata=dict(device=device, fps_batch=settings.batch, fps_steps=settings.steps,
+                                                 fps_rounds=f"{settings.repeats}-{settings.max_repeats or settings.repeats}",
+                                                 warnings=warnings))
+    table.notes += ["FPS: measured here (" + device + "), backbone and +MSCSA interleaved; dFPS low/high: 95% interval "
+                    "of the median per-round ratio; FLOPs-proportional dFPS: the change if time followed FLOPs."]
+    table.notes += [f"warning: {w}" for w in warnings]
+    return table
