@@ -176,8 +176,8 @@ def make_app() -> gr.Blocks:
                 backbone = gr.Textbox(label="or any timm backbone (overrides the profile)", placeholder="e.g. efficientnet_b0")
                 task = gr.Radio(["classification", "dense"], value="classification", label="Task")
             with gr.Row():
-                height = gr.Number(224, label="Input height", precision=0)
-                width = gr.Number(224, label="Input width", precision=0)
+                height = gr.Number(224, label="Input height", precision=0, elem_id="build-height")
+                width = gr.Number(224, label="Input width", precision=0, elem_id="build-width")
                 # Text, not gr.Number: a blank number field reaches the server as 0, not "unset".
                 depth = gr.Textbox(label="Depth (blank = profile)")
                 num_heads = gr.Textbox(label="Heads (blank = profile)")
@@ -212,7 +212,7 @@ def make_app() -> gr.Blocks:
             build.click(_cleared(len(build_outputs)), None, build_outputs, queue=False).then(
                 **build_event, api_name="build")
             for field in form_fields.values():  # changed inputs: the shown model is no longer what the form says
-                field.input(_cleared(len(build_outputs)), None, build_outputs, queue=False)
+                field.change(_cleared(len(build_outputs)), None, build_outputs, queue=False)
             pinned_state = gr.State([])
             pin.click(on_pin, [pinned_state, model_state], [pinned_state, pinned_note], api_name="pin")
             unpin.click(lambda: ([], handlers.pinned_text([])), None, [pinned_state, pinned_note], queue=False)
@@ -239,7 +239,8 @@ def make_app() -> gr.Blocks:
             model_state.change(_cleared(len(profile_outputs)), None, profile_outputs, queue=False)
             gr.Markdown("### FLOPs budget\nThe configuration whose added FLOPs come closest to the cap.")
             with gr.Row():
-                budget_name = gr.Dropdown(_profile_choices(True), value="pvt_v2_b1", label="Backbone", allow_custom_value=True)
+                budget_name = gr.Dropdown(_profile_choices(True), value="pvt_v2_b1", label="Backbone", allow_custom_value=True,
+                                          elem_id="budget-name")
                 budget_cap = gr.Number(10, label="Cap (% of the backbone's FLOPs)")
                 budget_button = gr.Button("Fit")
             budget_message = gr.Markdown(elem_id="budget-message")
@@ -387,9 +388,10 @@ def make_app() -> gr.Blocks:
         with gr.Tab("Compare"):
             with gr.Row():
                 compare_names = gr.Dropdown(_profile_choices(True), value=["pvt_v2_b0", "pvt_v2_b1"], multiselect=True,
+                                            elem_id="compare-names",
                                             label="Backbones", allow_custom_value=True)
-                compare_height = gr.Number(224, label="Input height", precision=0)
-                compare_width = gr.Number(224, label="Input width", precision=0)
+                compare_height = gr.Number(224, label="Input height", precision=0, elem_id="compare-height")
+                compare_width = gr.Number(224, label="Input width", precision=0, elem_id="compare-width")
                 compare_task = gr.Radio(["classification", "dense", "segmentation"], value="classification",
                                         label="Task (segmentation: TopFormer profiles only)")
                 compare_convention = gr.Radio(["mac", "2x"], value="mac", label="FLOPs convention")

@@ -90,15 +90,15 @@ def test_whole_workflow_in_the_browser(page, tmp_path):
     timings["compare"] = time.perf_counter() - start
     screenshot(page, "compare")
     with page.expect_download() as download_info:
-        page.locator('#compare-files a[download="comparison.csv"]').click()
-    path = tmp_path / "comparison.csv"
+        page.locator('#compare-files a[download^="compare_pvt_v2_b0-pvt_v2_b1_cls_224x224_"][download$=".csv"]').click()
+    path = tmp_path / download_info.value.suggested_filename
     download_info.value.save_as(path)
     plain = pd.read_csv(path)  # what a user's pandas or spreadsheet sees
     assert plain["Model"].tolist() == ["PVTv2-B0", "PVTv2-B1"]
     assert plain["+MSCSA FLOPs (G)"].iloc[1] == pytest.approx(2.34, abs=0.01)
     with page.expect_download() as download_info:
-        page.locator('#compare-files a[download="comparison.csv.meta.json"]').click()
-    download_info.value.save_as(tmp_path / "comparison.csv.meta.json")
+        page.locator('#compare-files a[download$=".csv.meta.json"]').click()
+    download_info.value.save_as(tmp_path / download_info.value.suggested_filename)
     assert read_table(path).metadata["input_size"] == "224x224"
 
     # A bad input: the error is shown in the page and the app keeps working
@@ -138,3 +138,83 @@ def test_train_a_run_then_render_its_maps_in_the_browser(page):
     expect(page.locator("#saliency-prediction")).to_contain_text("Weights: trained run browser-run (resnet10t, 5 classes")
     expect(page.locator("#saliency-prediction")).to_contain_text("Prediction:")
     expect(page.locator("#saliency-grid img")).to_be_visible()
+
+
+def visible_toasts(page) -> int:
+    return sum(1 for toast in page.locator(".toast-body").all() if toast.is_visible())
+
+
+def test_results_are_titled_cleared_and_shared_between_tabs(page, tmp_path):
+    """What a user meets after the first workflow: the diagram, readable numbers, stale results
+    cleared, one error at a time, the budget applied to Build, configurations pinned and compared
+    side by side with FPS, and memory beside FLOPs."""
+    open_tab(page, "Build")
+    page.get_by_label("or any timm backbone (overrides the profile)").fill("resnet10t")
+    for field in ("height", "width"):
+        page.locator(f"#build-{field} input").fill("64")
+    page.locator("#build-button").click()
+    expect(page.locator("#build-status")).to_contain_text("resnet10t + MSCSA")
+    expect(page.locator("#build-diagram img, #build-diagram svg").first).to_be_visible()
+    expect(page.locator("#build-params")).to_contain_text(" M")  # readable parameter counts
+    expect(page.locator('#build-files a[download$=".svg"]')).to_have_count(1)
+    page.locator("#pin-button").click()
+    expect(page.locator("#pinned-note")).to_contain_text("resnet10t")
+
+    # Changing an input clears what no longer matches it
+    depth = page.get_by_label("Depth (blank = profile)")
+    depth.fill("2")
+    expect(page.locator("#build-status")).not_to_contain_text("resnet10t + MSCSA")
+    page.locator("#build-button").click()
+    expect(page.locator("#build-status")).to_contain_text("resnet10t (depth 2) + MSCSA")
+    page.locator("#pin-button").click()
+    expect(page.locator("#pinned-note")).to_contain_text("resnet10t (depth 2)")
+
+    # Two errors in a row: one message on screen, the old results gone
+    depth.fill("99")
+    page.locator("#build-button").click()
+    expect(page.get_by_text("depth=99 is out of range").first).to_be_visible()
+    depth.fill("-1")
+    page.locator("#build-button").click()
+    expect(page.get_by_text("depth=-1 is out of range").first).to_be_visible()
+    page.wait_for_timeout(500)
+    assert visible_toasts(page) == 1
+    expect(page.locator("#build-status")).not_to_contain_text("+ MSCSA")
+    screenshot(page, "error", full_page=False)
+    depth.fill("2")
+
+    # Profile with memory beside FLOPs, titled with the model and size
+    page.locator("#build-button").click()
+    expect(page.locator("#build-status")).to_contain_text("resnet10t (depth 2) + MSCSA")
+    open_tab(page, "Profile")
+    page.locator("#profile-memory input").check()
+    page.locator("#profile-button").click()
+    expect(page.locator("#profile-title")).to_contain_text("resnet10t (depth 2) + MSCSA (classification, 64x64)")
+    expect(page.locator("#profile-table")).to_contain_text("Activations MiB")
+
+    # The budget helper's choice applied to Build (and built)
+    page.locator("#budget-name input").fill("pvt_v2_b0")
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Fit").click()
+    expect(page.locator("#budget-message")).to_contain_text("chose")
+    page.locator("#budget-apply").click()
+    open_tab(page, "Build")
+    expect(page.locator("#build-status")).to_contain_text("pvt_v2_b0 (depth", timeout=120_000)
+
+    # The pinned configurations side by side, with FPS and its interval
+    open_tab(page, "Compare")
+    page.locator("#compare-fps input").check()
+    page.locator("#compare-height input").fill("64")
+    page.locator("#compare-width input").fill("64")
+    remove = page.locator("#compare-names .token-remove")
+    for _ in range(5):  # the default backbones out: only the pinned configurations remain
+        if not remove.count():
+            break
+        remove.first.click()
+        page.wait_for_timeout(200)
+    assert remove.count() == 0
+    page.locator("#compare-button").click()
+    expect(page.locator("#compare-title")).to_contain_text("64x64", timeout=240_000)
+    table = page.locator("#compare-table")
+    expect(table).to_contain_text("resnet10t (depth 2)")
+    expect(table).to_contain_text("dFPS low (%)")
+    screenshot(page, "compare")

@@ -452,7 +452,8 @@ def compare_action(names: Sequence[str], height: int, width: int, task: str = "c
     figure = plot_comparison(table.frame, table.title)
     labels = [getattr(e, "label", e) for e in entries]
     files = write_table_files(table, output_dir("compare") / export_stem("compare", labels, task, size), figure)
-    return table.title, readable_frame(table.frame), figure, files, "\n".join(f"- {n}" for n in table.notes)
+    shown = table.frame.dropna(axis=1, how="all")  # e.g. the paper's columns for models the paper does not list
+    return table.title, readable_frame(shown), figure, files, "\n".join(f"- {n}" for n in table.notes)
 
 
 MAX_PINNED = 6
