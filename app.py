@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import warnings
 
@@ -422,7 +423,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="also create a public Gradio share link")
     parser.add_argument("--runs-dir", default=None,
                         help="folder for training runs (default: $MSCSA_LAB_RUNS or ./runs)")
+    defaults = handlers.limits()
+    limit_flags = {"max_side": "pixels per side of an input", "max_batch": "batch size",
+                   "max_steps": "forward passes per timed block", "max_repeats": "timed rounds",
+                   "max_models": "backbones per comparison or benchmark", "max_epochs": "training epochs",
+                   "max_train_steps": "training steps", "max_params": "parameters of one model",
+                   "memory_fraction": "share of the free memory one request may use"}
+    for name, text in limit_flags.items():
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                            help=f"limit on {text} (default: {default})")
     args = parser.parse_args(argv)
+    handlers.set_limits(dataclasses.replace(defaults, **{name: getattr(args, name) for name in limit_flags}))
     if args.runs_dir:
         training.set_runs_dir(args.runs_dir)
     if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:

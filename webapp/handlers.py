@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mscsa_lab.analysis.architecture import architecture_tables
+from mscsa_lab.analysis.cost import DEFAULT_LIMITS, ResourceLimits
 from mscsa_lab.io.export import export_stem
 from mscsa_lab.io.numbers import format_number, readable_frame
 from mscsa_lab.paths import ASSETS_DIR
@@ -45,6 +46,43 @@ __all__ = [
 ]
 
 USER_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, FileNotFoundError)
+
+_LIMITS = DEFAULT_LIMITS
+
+
+def limits() -> ResourceLimits:
+    """What one request may ask for on this server (the app's --max-* flags)."""
+    return _LIMITS
+
+
+def set_limits(new: ResourceLimits) -> ResourceLimits:
+    global _LIMITS
+    _LIMITS = new.validate()
+    return _LIMITS
+
+
+def guard_cost(name: str | None, backbone: str | None, task: str, size: tuple[int, int], batch: int = 1,
+               training: bool = False, keeps_activations: bool = False, copies: int = 1, **settings: Any):
+    """Refuse, before any work, a request whose model or memory will not fit (numbers in the message)."""
+    from mscsa_lab.analysis.cost import check_fits, estimate_cost
+
+    limits().check_size(*size)
+    limits().check_count("batch", batch, "max_batch")
+    estimate = estimate_cost(name, backbone, task, size, batch=batch, training=training,
+                             keeps_activations=keeps_activations, **settings)
+    return check_fits(estimate, limits(), copies=copies)
+
+
+def _guard_name(name: Any, task: str, size: tuple[int, int], batch: int = 1, keeps_activations: bool = False,
+                copies: int = 1):
+    """``guard_cost`` for a comparison entry: a profile or timm name, or a pinned ``Configuration``."""
+    from mscsa_lab.registry import resolve_name
+
+    entry_name = getattr(name, "name", name)
+    settings = dict(getattr(name, "settings", ()) or ())
+    label, profile = resolve_name(entry_name)
+    return guard_cost(profile.name if profile else None, None if profile else label, task, size, batch,
+                      keeps_activations=keeps_activations, copies=copies, **settings)
 SAMPLES = ASSETS_DIR / "samples"
 
 
@@ -99,8 +137,13 @@ def training_fields(data: str, profile: str, backbone: str, mode: str, epochs: A
     )
     if fields["profile"] is None and fields["backbone"] is None:
         raise ConfigError("give a backbone (a timm name such as resnet18) or pick a Table 7 profile")
+    limits().check_count("epochs", fields["epochs"], "max_epochs")
+    limits().check_count("batch", fields["batch_size"], "max_batch")
     if not _blank(max_steps):
-        fields["max_steps"] = _whole("max steps", max_steps, 1, 10**7)
+        fields["max_steps"] = limits().check_count("max steps", _whole("max steps", max_steps, 1, 10**7),
+                                                   "max_train_steps")
+    guard_cost(fields["profile"], fields["backbone"], "classification", (fields["img_size"], fields["img_size"]),
+               fields["batch_size"], training=True)
     if not _blank(lr):
         rate = _number("learning rate", lr)
         if not (math.isfinite(rate) and 0 < rate <= 10):
@@ -124,6 +167,8 @@ def ablation_fields(model: str, table: str, seeds: str, data: str, max_steps: An
         raise ConfigError(f"give 1 to 10 seeds, each from 0 to {2**31 - 1}, got {seeds!r}")
     fields = dict(data=(data or "").strip() or "synthetic", max_steps=_whole("max steps", max_steps, 1, 100_000),
                   batch_size=_whole("batch", batch, 2, 512), img_size=_whole("image size", img_size, 32, 512))
+    limits().check_count("batch", fields["batch_size"], "max_batch")
+    limits().check_count("steps per run", fields["max_steps"], "max_train_steps")
     return model, f"table{str(table).strip().lower().replace('table', '').strip() or '4'}", seed_list, fields
 
 
@@ -196,6 +241,14 @@ class ModelForm:
 
         return Configuration(self.label, self.name, tuple(sorted(self.settings().items())))
 
+    def guard(self, batch: int = 1, keeps_activations: bool = False, training: bool = False, copies: int = 2):
+        """Refuse this model before building it when it will not fit (the app holds a cached copy and
+        a working copy of the weights: ``copies`` 2)."""
+        backbone = (self.backbone or "").strip()
+        return guard_cost(None if backbone else self.profile, backbone or None, self.task, self.input_size, batch,
+                          training=training, keeps_activations=keeps_activations, copies=copies,
+                          num_classes=self.num_classes, **self.settings())
+
     def build(self):
         backbone = (self.backbone or "").strip()
         return build_model(None if backbone else self.profile, backbone or None, self.task, self.input_size,
@@ -215,6 +268,7 @@ class ModelForm:
 
 @functools.lru_cache(maxsize=4)
 def _built_model(form: ModelForm):
+    form.guard()
     return form.build()
 
 
@@ -277,6 +331,10 @@ def profile_action(form: ModelForm, convention: str = "mac", level: int = 1, mem
     from mscsa_lab.io.figures import plot_component_breakdown
     from mscsa_lab.analysis.profiler import profile_model
 
+    form.guard(keeps_activations=True)
+    if memory:
+        form.guard(batch=_whole("memory batch", memory_batch, 1, MEMORY_MAX_BATCH), training=bool(training),
+                   keeps_activations=True)
     model = _request_model(form)
     report = profile_model(model, form.input_size)
     table = report.to_table(convention)
@@ -394,10 +452,16 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
         counts[name] = int(number)
     if _blank(max_seconds) or not (1 <= _number("time cap", max_seconds) <= 3600):
         raise ConfigError(f"time cap must be a number of seconds from 1 to 3600, got {max_seconds!r}")
+    limits().check_count("batch", counts["batch"], "max_batch")
+    limits().check_count("steps per timed block", counts["steps"], "max_steps")
+    limits().check_count("rounds", counts["repeats"], "max_repeats")
+    limits().check_count("models to benchmark", len(names), "max_models")
+    size = parse_input_size(input_size, input_size)
+    for name in names:  # the backbone, +MSCSA and its fast copy live at once
+        _guard_name(name, "classification", size, counts["batch"], copies=3)
     settings = BenchmarkSettings(device=device, precision=precision, channels_last=bool(channels_last), warmup=2,
                                  max_repeats=max(BENCHMARK_MAX_ROUNDS, counts["repeats"]), target_interval=0.02,
                                  max_seconds=float(_number("time cap", max_seconds)), **counts).validate()
-    size = parse_input_size(input_size, input_size)
     table = throughput_comparison(names, size, settings, progress=progress)
     folder = output_dir("benchmark")
     fps_figure = plot_throughput(table.frame, table.title)
@@ -440,6 +504,9 @@ def compare_action(names: Sequence[str], height: int, width: int, task: str = "c
     if not entries:
         raise ConfigError("pick at least one backbone to compare (or pin configurations in the Build tab)")
     size = parse_input_size(height, width)
+    limits().check_count("models to compare", len(entries), "max_models")
+    for entry in entries:
+        _guard_name(entry, task if task != "segmentation" else "classification", size, keeps_activations=True, copies=2)
     if fps:
         from mscsa_lab.bench.comparison import compare_with_fps
         from mscsa_lab.bench.settings import BenchmarkSettings

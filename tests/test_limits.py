@@ -1,0 +1,112 @@
+"""Limits and cost estimates: a request that would exhaust memory or hold the server is refused
+before any work, with the numbers in the message, through the library and the app's API."""
+import time
+
+import pytest
+from gradio_client import Client
+
+import app as mscsa_app
+from mscsa_lab.analysis.cost import (
+    CostEstimate,
+    ResourceError,
+    ResourceLimits,
+    available_memory_bytes,
+    check_fits,
+    estimate_cost,
+)
+from webapp import handlers
+
+HUGE = dict(depth=24, num_heads=64, key_dim=512, mlp_ratio=16, squeeze_ratio=0.25)
+
+
+def test_an_enormous_configuration_is_costed_without_memory():
+    started = time.perf_counter()
+    estimate = estimate_cost("resnet18", **HUGE)
+    assert time.perf_counter() - started < 60  # meta device: shapes only, nothing allocated
+    assert estimate.params > 4e9 and estimate.param_bytes == 4 * estimate.params
+    with pytest.raises(ResourceError, match=r"4\.\d+ G parameters, above this server's limit of 1\.00 G"):
+        check_fits(estimate)
+
+
+def test_memory_estimate_follows_batch_and_training():
+    one = estimate_cost(None, "resnet18", input_size=(64, 64), batch=1)
+    eight = estimate_cost(None, "resnet18", input_size=(64, 64), batch=8)
+    train = estimate_cost(None, "resnet18", input_size=(64, 64), batch=8, training=True)
+    assert one.params == eight.params and 6 * one.work_bytes < eight.work_bytes < 8 * one.work_bytes
+    assert train.work_bytes > eight.work_bytes * 2  # saved activations, gradients, AdamW state
+    one_gib = CostEstimate("x + MSCSA", (64, 64), 1, False, 2**28, 2**30, 0.0)
+    with pytest.raises(ResourceError, match=r"needs about 2.00 GiB, but this server allows one request 600 MiB "
+                                            r"\(60% of the 1000 MiB free now\)"):
+        check_fits(one_gib, free_bytes=1000 * 2**20, copies=2)
+    assert check_fits(one_gib, free_bytes=4 * 2**30) is one_gib
+    assert available_memory_bytes() > 0
+
+
+def test_limits_name_the_flag_that_raises_them():
+    limits = ResourceLimits(max_batch=16)
+    with pytest.raises(ResourceError, match=r"batch 32 is above this server's limit of 16 \(raise it with the app's "
+                                            r"--max-batch\)"):
+        limits.check_count("batch", 32, "max_batch")
+    with pytest.raises(ResourceError, match="input 4096x4096 is above this server's limit of 2048"):
+        limits.check_size(4096, 4096)
+    with pytest.raises(ValueError, match="memory_fraction must be at most 1"):
+        ResourceLimits(memory_fraction=2).validate()
+
+
+def test_app_flags_set_the_limits(monkeypatch):
+    class FakeBlocks:
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            pass
+
+    before = handlers.limits()
+    monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
+    try:
+        mscsa_app.main(["--max-batch", "1024", "--max-side", "4096", "--memory-fraction", "0.9"])
+        assert (handlers.limits().max_batch, handlers.limits().max_side, handlers.limits().memory_fraction) == \
+            (1024, 4096, 0.9)
+    finally:
+        handlers.set_limits(before)
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+BUILD = dict(profile="resnet18", backbone="", task="classification", height=224, width=224, depth="", num_heads="",
+             key_dim="", mlp_ratio="", squeeze="", use_pcp=True, use_intra_ffn=True, use_msp=True, downsample="dwconv")
+
+
+def test_requests_that_would_exhaust_memory_are_refused_through_the_app(client):
+    """The cases that used to pass 9 GB: each refused with its numbers, the process barely grows."""
+    rss = _rss_mb()
+    started = time.perf_counter()
+    huge = {**BUILD, "depth": "24", "num_heads": "64", "key_dim": "512", "mlp_ratio": "16", "squeeze": "1/4"}
+    with pytest.raises(Exception, match="G parameters, above this server's limit"):
+        client.predict(*huge.values(), api_name="/build")
+    with pytest.raises(Exception, match="G parameters, above this server's limit"):
+        client.predict(*{**BUILD, "backbone": "convnext_xxlarge", "height": 256, "width": 256}.values(),
+                       api_name="/build")
+    with pytest.raises(Exception, match="input 4096x4096 is above this server's limit of 2048"):
+        client.predict(*{**BUILD, "task": "dense", "height": 4096, "width": 4096}.values(), api_name="/build")
+    with pytest.raises(Exception, match="batch 4096 is above this server's limit of 256"):
+        client.predict(["pvt_v2_b0"], "cpu", "fp32", 4096, False, 1, 2, 224, "", False, 5, api_name="/benchmark")
+    with pytest.raises(Exception, match="steps per timed block 1000000000 is above"):
+        client.predict(["pvt_v2_b0"], "cpu", "fp32", 1, False, 10**9, 2, 224, "", False, 5, api_name="/benchmark")
+    with pytest.raises(Exception, match="models to compare 9 is above this server's limit of 8"):
+        client.predict(["resnet18"] * 9, 224, 224, "classification", "mac", False, False, api_name="/compare")
+    with pytest.raises(Exception, match="epochs 1000 is above this server's limit of 100"):
+        client.predict("synthetic", "", "resnet10t", "scratch", 1000, "", 8, 64, "", False, "", api_name="/train")
+    assert time.perf_counter() - started < 120
+    assert _rss_mb() - rss < 500  # nothing was built
+    assert "resnet18 + MSCSA" in client.predict(*BUILD.values(), api_name="/build")[0]  # still serving
