@@ -111,10 +111,14 @@ def _blank(value: Any) -> bool:
 
 
 def _number(name: str, value: Any) -> float:
+    """A finite number from a form field; text, NaN and infinities ("1e400") are refused by name."""
     try:
-        return float(str(value).strip())
+        number = float(str(value).strip())
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> int:
@@ -367,9 +371,13 @@ def budget_action(name: str, cap_percent: float, height: int, width: int, task: 
     """(message, chosen settings as JSON, candidates tried)."""
     from mscsa_lab.analysis.budget import fit_flops_budget
 
-    if _blank(cap_percent) or float(cap_percent) <= 0:
+    if _blank(cap_percent):
         raise ConfigError("give the cap as a percentage of the backbone's FLOPs, e.g. 10")
-    result = fit_flops_budget(name, float(cap_percent) / 100.0, parse_input_size(height, width), task)
+    cap = _number("cap (%)", cap_percent)
+    if not 0 < cap <= 1000:
+        raise ConfigError(f"cap {cap_percent!r}% is out of range: give a percentage of the backbone's FLOPs "
+                          "above 0 and at most 1000, e.g. 10")
+    result = fit_flops_budget(name, cap / 100.0, parse_input_size(height, width), task)
     settings = json.dumps(result.config.to_dict(), indent=2) if result.config is not None else ""
     return result.message, settings, readable_frame(result.candidates)
 
@@ -653,6 +661,10 @@ def saliency_action(image: str | np.ndarray | None, method: str = "gradcam", kin
     kinds = ["attention"] if method in ("attention", "query") else list(kinds or ["key"])
     results = [compute_saliency(model, prepared.tensor, method, kind if kind != "attention" else "key", int(block),
                                 int(layer), target_index, grid_query) for kind in kinds]
+    probabilities = results[0].probabilities
+    if probabilities is not None and not np.isfinite(probabilities).all():
+        raise ConfigError(f"{weights.removeprefix('Weights: ').rstrip('.')} gives outputs that are not numbers "
+                          "(NaN or infinity): these weights are broken (a diverged training run or a damaged file)")
     folder = output_dir("saliency")
     model_name = {"demo": "demo"}.get(source) or (form.label if source == "build" and form is not None else source)
     stem = export_stem(f"saliency-{method}", model_name, None, size)

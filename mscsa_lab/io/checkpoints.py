@@ -59,15 +59,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path.name} is not a valid safetensors file: {error}") from None
     if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
         raise CheckpointError(f"{path.name}: checkpoints are .safetensors or .pth/.pt files")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes): upload the checkpoint file again")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (neither a zip archive nor a pickle): "
+                              "is it the right file, or truncated?")
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
+        # PyTorch's own message is long and advises weights_only=False, which would run the file's code.
         raise CheckpointError(
-            f"{path.name} was refused: it holds Python objects other than tensors, and only weights are loaded "
-            f"(torch.load weights_only=True). Re-save it as a plain state_dict or as safetensors. ({error})"
+            f"{path.name} was refused: besides tensors it holds Python objects or code, which are never run "
+            "here (only weights are loaded, torch.load weights_only=True). Re-save it as a plain state_dict "
+            "(torch.save(model.state_dict(), ...)) or as safetensors."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as error:
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {error}") from None
+        reason = _first_line(str(error)) or type(error).__name__
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (truncated or damaged?): "
+                              f"{reason}") from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
@@ -75,6 +84,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{path.name} does not hold a state_dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    """One readable line of a library's message: terminal colour codes removed, cut at ``limit``."""
+    import re
+
+    line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:

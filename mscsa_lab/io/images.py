@@ -100,6 +100,8 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.n
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise ImageError(f"image refused as a possible decompression bomb: {error}") from None
         except UnidentifiedImageError:
+            if b"<svg" in data[:2048].lower():
+                raise ImageError("SVG is a vector format, not pixels: export it as PNG (or JPEG) first") from None
             raise ImageError("this file is not an image Pillow can read (use PNG, JPEG, WebP, BMP, TIFF, GIF...)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as error:
             raise ImageError(f"the image file is corrupt or truncated: {error}") from None
