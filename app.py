@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import threading
 import warnings
 
 import gradio as gr
@@ -91,16 +92,57 @@ def on_pin(pinned, form):
     return handlers.pin_action(pinned, form)
 
 
-@_user_errors
+def _cancellable(work, progress: gr.Progress, poll_s: float = 0.5):
+    """Run ``work(stop, report)`` in a thread and yield None while it runs, then its result.
+
+    A cancelled request (the page's Stop, a closed tab, a client's cancel) closes this generator, whose
+    ``finally`` sets ``stop``: the work sees it within one step and ends, so a cancelled benchmark
+    does not keep the CPU busy beside the next request. Errors are raised here, in the request."""
+    stop, box = threading.Event(), {}
+    state = {"fraction": 0.0, "message": "starting"}
+
+    def report(fraction: float, message: str) -> None:
+        state.update(fraction=fraction, message=message)
+
+    def run() -> None:
+        try:
+            box["result"] = work(stop, report)
+        except BaseException as error:  # noqa: BLE001 - raised in the request below
+            box["error"] = error
+
+    thread = threading.Thread(target=run, name="mscsa-cancellable", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(poll_s)
+            progress(state["fraction"], desc=state["message"])
+            yield None
+        if "error" in box:
+            error = box["error"]
+            if isinstance(error, handlers.USER_ERRORS):
+                raise gr.Error(str(error)) from None
+            raise error
+        yield box["result"]
+    finally:
+        stop.set()
+
+
 def on_benchmark(names, device, precision, batch, channels_last, steps, repeats, size, latency_model, include_build,
                  max_seconds, form, progress=gr.Progress()):
-    report = lambda fraction, message: progress(fraction, desc=message)  # noqa: E731
     if include_build and form is None:
         raise gr.Error("build a model in the Build tab first, or untick 'Include the Build tab's model'")
-    title, frame, figure, latency, latency_figure, files = handlers.benchmark_action(
-        names, device, precision, batch, channels_last, steps, repeats, size, latency_model or None, progress=report,
-        build_form=form if include_build else None, max_seconds=max_seconds)
-    return f"### {title}", frame, figure, latency, latency_figure, files
+
+    def work(stop, report):
+        return handlers.benchmark_action(
+            names, device, precision, batch, channels_last, steps, repeats, size, latency_model or None,
+            progress=report, build_form=form if include_build else None, max_seconds=max_seconds, stop=stop)
+
+    for result in _cancellable(work, progress):
+        if result is None:
+            yield tuple(gr.update() for _ in range(6))
+        else:
+            title, frame, figure, latency, latency_figure, files = result
+            yield f"### {title}", frame, figure, latency, latency_figure, files
 
 
 @_user_errors
@@ -433,7 +475,11 @@ def main(argv: list[str] | None = None) -> None:
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
                             help=f"limit on {text} (default: {default})")
+    parser.add_argument("--cache-mb", type=int, default=handlers.DEFAULT_CACHE_BYTES // 2**20,
+                        help="memory the cache of built models may hold, in MiB (default: "
+                             f"{handlers.DEFAULT_CACHE_BYTES // 2**20}); least recently used models go first")
     args = parser.parse_args(argv)
+    handlers.set_cache_budget(args.cache_mb * 2**20)
     handlers.set_limits(dataclasses.replace(defaults, **{name: getattr(args, name) for name in limit_flags}))
     if args.runs_dir:
         training.set_runs_dir(args.runs_dir)

@@ -7,7 +7,6 @@ whose message is meant for the user; the app shows it as an error message and ke
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mscsa_lab.analysis.architecture import architecture_tables
+from webapp.cache import ModelCache
 from mscsa_lab.analysis.cost import DEFAULT_LIMITS, ResourceLimits
 from mscsa_lab.io.export import export_stem
 from mscsa_lab.io.numbers import format_number, readable_frame
@@ -270,10 +270,21 @@ class ModelForm:
                 "'pretrained backbone', or load a checkpoint in the Saliency tab.")
 
 
-@functools.lru_cache(maxsize=4)
+DEFAULT_CACHE_BYTES = 2 * 2**30
+MODEL_CACHE = ModelCache(DEFAULT_CACHE_BYTES)
+
+
+def set_cache_budget(budget_bytes: int) -> None:
+    """How much memory the built-model cache may hold (the app's --cache-mb)."""
+    MODEL_CACHE.budget_bytes = int(budget_bytes)
+
+
 def _built_model(form: ModelForm):
-    form.guard()
-    return form.build()
+    def build():
+        form.guard()
+        return form.build()
+
+    return MODEL_CACHE.get(("build", form), build)
 
 
 def _request_model(form: ModelForm):
@@ -435,7 +446,8 @@ BENCHMARK_MAX_SECONDS = 60.0
 def benchmark_action(names: Sequence[str], device: str = "auto", precision: str = "fp32", batch: int = 8,
                      channels_last: bool = False, steps: int = 3, repeats: int = 6, input_size: int = 224,
                      latency_model: str | None = None, progress: Callable[[float, str], None] | None = None,
-                     build_form: ModelForm | None = None, max_seconds: Any = BENCHMARK_MAX_SECONDS):
+                     build_form: ModelForm | None = None, max_seconds: Any = BENCHMARK_MAX_SECONDS,
+                     stop: Any = None):
     """(title, FPS table, FPS figure, latency table, latency figure, files). ``build_form``: also time the
     Build tab's model (its own settings); ``repeats`` is the least number of rounds: more follow until
     the ratio's 95% interval is within +-2% or ``max_seconds`` per backbone."""
@@ -470,7 +482,7 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
     settings = BenchmarkSettings(device=device, precision=precision, channels_last=bool(channels_last), warmup=2,
                                  max_repeats=max(BENCHMARK_MAX_ROUNDS, counts["repeats"]), target_interval=0.02,
                                  max_seconds=float(_number("time cap", max_seconds)), **counts).validate()
-    table = throughput_comparison(names, size, settings, progress=progress)
+    table = throughput_comparison(names, size, settings, progress=progress, stop=stop)
     folder = output_dir("benchmark")
     fps_figure = plot_throughput(table.frame, table.title)
     labels = [getattr(n, "label", n) for n in names]
@@ -478,6 +490,10 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
     latency_frame, latency_figure = None, None
     if latency_model:
         from mscsa_lab.registry import build_named_model
+        from mscsa_lab.stopping import Cancelled, should_stop
+
+        if should_stop(stop):
+            raise Cancelled("the benchmark was cancelled")
 
         model = build_named_model(latency_model, "classification", size)
         from mscsa_lab.analysis.memory import merge_with_latency, traffic_profile
@@ -493,7 +509,7 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
         latency_frame = readable_frame(latency.frame)
     warnings = table.metadata.get("warnings") or []
     title = (f"{table.title}: {len(names)} model(s), batch {settings.batch}"
-             + (f"\n\n**Warnings** (these figures are not findings):\n" + "\n".join(f"- {w}" for w in warnings)
+             + ("\n\n**Warnings** (these figures are not findings):\n" + "\n".join(f"- {w}" for w in warnings)
                 if warnings else "\n\nEvery ratio's 95% interval met the target; no warnings."))
     return title, readable_frame(table.frame), fps_figure, latency_frame, latency_figure, files
 
@@ -558,8 +574,11 @@ def sample_images() -> list[str]:
     return sorted(str(p) for p in SAMPLES.glob("*.png")) if SAMPLES.is_dir() else []
 
 
-@functools.lru_cache(maxsize=2)
 def _demo():
+    return MODEL_CACHE.get(("demo",), _load_demo)
+
+
+def _load_demo():
     from mscsa_lab.io.checkpoints import load_demo_model
 
     return load_demo_model()
@@ -585,8 +604,11 @@ def preprocessing_for(model, meta: dict | None = None) -> dict[str, Any]:
     return dict(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation or "bicubic")
 
 
-@functools.lru_cache(maxsize=2)
 def _trained(folder: str, modified: float):
+    return MODEL_CACHE.get(("trained", folder, modified), lambda: _load_trained(folder))
+
+
+def _load_trained(folder: str):
     from mscsa_lab.io.checkpoints import load_trained
 
     return load_trained(folder)

@@ -30,6 +30,7 @@ from mscsa_lab.io.metadata import run_metadata
 from mscsa_lab.models.fast import make_fast
 from mscsa_lab.presets import Profile
 from mscsa_lab.registry import parse_input_size
+from mscsa_lab.stopping import StopFlag
 
 __all__ = ["throughput_comparison", "compare_with_fps"]
 
@@ -41,6 +42,7 @@ def throughput_comparison(
     task: str = "classification",
     fast: bool = True,
     progress: Callable[[float, str], None] | None = None,
+    stop: StopFlag = None,
 ) -> ResultTable:
     """FPS of each backbone alone, with MSCSA (reference modules) and with MSCSA on the fast path,
     measured interleaved in one run; beside them MSCSA's share of FLOPs and of runtime, and the
@@ -63,7 +65,7 @@ def throughput_comparison(
             if progress is not None:
                 progress((index + fraction) / len(names), f"{label}: {message}")
 
-        result = compare_fps(models, size, settings, progress=report)
+        result = compare_fps(models, size, settings, progress=report, stop=stop)
         device = result.results["backbone"].device
         for key, fps_result in result.results.items():
             notes += [f"{label} {key}: {note}" for note in fps_result.notes]

@@ -31,6 +31,7 @@ from mscsa_lab.bench.settings import (
 )
 from mscsa_lab.bench.stats import Interval, OtherLoad, median_interval
 from mscsa_lab.io.metadata import device_description
+from mscsa_lab.stopping import Cancelled, StopFlag, should_stop
 
 __all__ = ["FPSResult", "ABResult", "measure_fps", "compare_fps"]
 
@@ -177,8 +178,10 @@ def compare_fps(
     settings: BenchmarkSettings | None = None,
     progress: Callable[[float, str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    stop: StopFlag = None,
 ) -> ABResult:
-    """Measure several models interleaved (the first is the reference for the ratios)."""
+    """Measure several models interleaved (the first is the reference for the ratios). ``stop`` is
+    checked before every timed block: when set, ``Cancelled`` is raised within one block."""
     settings = (settings or BenchmarkSettings()).validate()
     if not models:
         raise ValueError("give at least one model to benchmark")
@@ -187,7 +190,7 @@ def compare_fps(
     names = list(models)
     was_training = {name: model.training for name, model in models.items()}
     try:
-        return _compare_interleaved(models, names, input_size, settings, device, timer, progress)
+        return _compare_interleaved(models, names, input_size, settings, device, timer, progress, stop)
     finally:
         for name, model in models.items():
             model.train(was_training[name])
@@ -195,7 +198,7 @@ def compare_fps(
 
 def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_size: tuple[int, int],
                          settings: BenchmarkSettings, device: torch.device, timer: _Timer,
-                         progress: Callable[[float, str], None] | None) -> ABResult:
+                         progress: Callable[[float, str], None] | None, stop: StopFlag = None) -> ABResult:
     with thread_context(settings.threads):
         prepared = {name: _prepare(name, models[name], input_size, settings, device) for name in names}
         for item in prepared.values():  # warm-up, not timed
@@ -210,6 +213,8 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
             for round_index in range(limit):
                 sequence = names if round_index % 2 == 0 else names[::-1]
                 for name in sequence:
+                    if should_stop(stop):
+                        raise Cancelled("the benchmark was cancelled")
                     item = prepared[name]
                     elapsed = timer.time(lambda item=item: _run_block(item, settings.steps, settings, device))
                     fps[name].append(item.batch * settings.steps / max(elapsed, 1e-12))

@@ -12,9 +12,10 @@ with the resumable state at that step.
 from __future__ import annotations
 
 import sys
-import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable
+
+from mscsa_lab.stopping import StopFlag, should_stop
 
 __all__ = ["ProgressEvent", "Callback", "StopFlag", "should_stop", "TqdmProgress", "PrintProgress"]
 
@@ -47,15 +48,6 @@ class ProgressEvent:
 
 
 Callback = Callable[[ProgressEvent], None]
-StopFlag = Union[threading.Event, Callable[[], bool], None]
-
-
-def should_stop(stop: StopFlag) -> bool:
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
 
 
 def _fmt_time(seconds: float | None) -> str:

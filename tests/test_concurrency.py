@@ -1,0 +1,65 @@
+"""Concurrency and cancellation against the running app: a cancelled benchmark stops using the CPU
+within seconds, requests never share a mutable model, and the model cache is bounded by memory."""
+import time
+
+from gradio_client import Client
+
+
+def _process_cpu_share(seconds: float) -> float:
+    """Cores this process used on average over ``seconds`` (all its threads: the app runs in it)."""
+    start_cpu, start = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    return (time.process_time() - start_cpu) / (time.perf_counter() - start)
+
+
+def test_cancelling_a_benchmark_stops_the_work(app_url):
+    client = Client(app_url, verbose=False)
+    job = client.submit(["pvt_v2_b0"], "cpu", "fp32", 8, False, 20, 200, 224, "", False, 600, api_name="/benchmark")
+    deadline = time.monotonic() + 120
+    while _process_cpu_share(1.0) < 0.5:  # wait until it is really timing
+        assert time.monotonic() < deadline, "the benchmark never started"
+        assert not job.done(), f"the benchmark ended early: {job.exception() or job.outputs()}"
+    busy = _process_cpu_share(1.0)
+    job.cancel()
+    time.sleep(5)  # one timed block (20 forward passes) at most, then idle
+    idle = _process_cpu_share(3.0)
+    print(f"\nCPU while benchmarking {busy:.2f} cores, 5 s after cancel {idle:.2f} cores")
+    assert busy > 0.5 and idle < 0.25
+
+
+def test_model_cache_is_bounded_by_memory_not_count():
+    from torch import nn
+
+    from webapp.cache import ModelCache, model_bytes
+
+    small = lambda: nn.Linear(256, 256)  # noqa: E731 - 257 KiB each
+    big = lambda: nn.Linear(1024, 1024)  # noqa: E731 - 4 MiB
+    cache = ModelCache(budget_bytes=3 * model_bytes(small()) + 100)
+    first = cache.get("a", small)
+    assert cache.get("a", small) is first  # kept
+    cache.get("b", small), cache.get("c", small)
+    cache.get("a", small)  # a is now the most recent
+    cache.get("d", small)  # over budget: b (least recently used) goes
+    assert "b" not in cache and all(key in cache for key in "acd") and cache.used_bytes <= cache.budget_bytes
+    huge = cache.get("huge", big)  # larger than the whole budget: built, not kept, nothing evicted for it
+    assert isinstance(huge, nn.Linear) and "huge" not in cache and len(cache) == 3
+    assert model_bytes((huge, {"meta": 1})) == 4 * (1024 * 1024 + 1024)
+
+
+def test_app_flag_sets_the_cache_budget(monkeypatch):
+    import app as mscsa_app
+    from webapp import handlers
+
+    class FakeBlocks:
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
+    try:
+        mscsa_app.main(["--cache-mb", "64"])
+        assert handlers.MODEL_CACHE.budget_bytes == 64 * 2**20
+    finally:
+        handlers.set_cache_budget(handlers.DEFAULT_CACHE_BYTES)
