@@ -164,11 +164,12 @@ def on_click(image, block, layer, fit, source, checkpoint, form, event: gr.Selec
     return grid, f"{prediction}; attention of the clicked point ({seconds:.1f} s)", mass, heads, npz
 
 
-def on_train(data, profile, backbone, mode, epochs, max_steps, batch, img_size, lr, pretrained, run_name):
+def on_train(data, profile, backbone, mode, epochs, max_steps, batch, img_size, lr, pretrained, run_name,
+             resume=False):
     """Stream a training run's progress; errors (bad folder, impossible numbers) become page messages."""
     try:
         fields = handlers.training_fields(data, profile, backbone, mode, epochs, max_steps, batch, img_size, lr,
-                                          pretrained)
+                                          pretrained, resume)
         for status, curves, finished in training.train_job(fields, run_name):
             runs = gr.update(choices=_model_sources(), value=finished) if finished else gr.update()
             yield status, (curves if curves is not None else gr.update()), runs
@@ -390,6 +391,7 @@ def make_app() -> gr.Blocks:
                 train_lr = gr.Textbox("", label="Learning rate (blank = default)")
                 train_pretrained = gr.Checkbox(False, label="Pretrained backbone")
                 train_name = gr.Textbox("", label="Run name (blank = date and time)", elem_id="train-name")
+                train_resume = gr.Checkbox(False, label="Resume this run from its last checkpoint", elem_id="train-resume")
             with gr.Row():
                 train_button = gr.Button("Start training", variant="primary", elem_id="train-button")
                 stop_button = gr.Button("Stop (keeps the last checkpoint)", elem_id="stop-button")
@@ -397,7 +399,7 @@ def make_app() -> gr.Blocks:
             train_curves = gr.Plot(label="Loss and accuracy")
             train_button.click(
                 on_train, [train_data, train_profile, train_backbone, train_mode, train_epochs, train_steps, train_batch,
-                           train_size, train_lr, train_pretrained, train_name],
+                           train_size, train_lr, train_pretrained, train_name, train_resume],
                 [train_status, train_curves, source], api_name="train", concurrency_limit=1, concurrency_id="train")
             stop_button.click(training.stop_training, None, [train_status], api_name="stop_training")
             with gr.Accordion("Ablation study (the paper's Tables 4 and 5)", open=False):

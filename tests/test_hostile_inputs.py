@@ -142,7 +142,7 @@ def test_file_routes_do_not_serve_outside_files(app_url, route):
             status, body = error.code, ""
         TALLY["cases"] += 1
         leaked = "root:" in body or "import gradio" in body or "PATH=" in body or "export " in body
-        assert not leaked, f"{url} served a file from outside the app's folders"
+        assert not leaked, f"{url} served a file from outside the app's folders (HTTP {status})"
         TALLY["clear"] += 1
 
 

@@ -131,9 +131,9 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
 
 
 def training_fields(data: str, profile: str, backbone: str, mode: str, epochs: Any, max_steps: Any, batch: Any,
-                    img_size: Any, lr: Any, pretrained: bool) -> dict[str, Any]:
+                    img_size: Any, lr: Any, pretrained: bool, resume: bool = False) -> dict[str, Any]:
     """The Train tab's form as ``TrainConfig`` fields (validated again by the engine)."""
-    fields: dict[str, Any] = dict(
+    fields: dict[str, Any] = dict(resume=bool(resume),
         data=(data or "").strip() or "synthetic", profile=(profile or "").strip() or None,
         backbone=(backbone or "").strip() or None, mode=mode or None, pretrained=bool(pretrained),
         epochs=_whole("epochs", epochs, 1, 1000), batch_size=_whole("batch", batch, 1, 1024),

@@ -153,6 +153,9 @@ def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterato
         raise ConfigError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (at most 64), starting with a "
                           "letter or digit")
     out = runs_dir() / name
+    if out.exists() and any(out.iterdir()) and not config_fields.get("resume"):
+        raise ConfigError(f"a run named {name!r} exists in {runs_dir()}: tick 'Resume' to continue it from its last "
+                          "checkpoint (after a stop or a server restart), or choose another name")
     config = TrainConfig(**{**config_fields, "out": str(out), "command": f"app Train tab: {name}"}).validate()
     job = _claim(name)
 
