@@ -170,7 +170,8 @@ def on_train(data, profile, backbone, mode, epochs, max_steps, batch, img_size, 
     try:
         fields = handlers.training_fields(data, profile, backbone, mode, epochs, max_steps, batch, img_size, lr,
                                           pretrained, resume)
-        for status, curves, finished in training.train_job(fields, run_name):
+        for status, curves, finished in training.train_job(fields, run_name,
+                                                           max_minutes=handlers.limits().max_train_minutes):
             runs = gr.update(choices=_model_sources(), value=finished) if finished else gr.update()
             yield status, (curves if curves is not None else gr.update()), runs
     except gr.Error:
@@ -348,7 +349,8 @@ def make_app() -> gr.Blocks:
                     source = gr.Dropdown(_model_sources(), value="demo", label="Model (trained runs appear here)",
                                          elem_id="saliency-source")
                     checkpoint = gr.File(label="Checkpoint for the Build tab's model (.safetensors / .pth, up to 512 MB)",
-                                         file_types=[".safetensors", ".pth", ".pt"], type="filepath")
+                                         file_types=[".safetensors", ".pth", ".pt"], type="filepath",
+                                         elem_id="saliency-checkpoint")
                     method = gr.Dropdown(list(METHODS), value="gradxact", label="Method (gradxact = HiResCAM, class-targeted)")
                     kinds = gr.CheckboxGroup(["key", "value"], value=["key", "value"], label="Keys / values")
                     with gr.Row():
@@ -471,7 +473,8 @@ def main(argv: list[str] | None = None) -> None:
     limit_flags = {"max_side": "pixels per side of an input", "max_batch": "batch size",
                    "max_steps": "forward passes per timed block", "max_repeats": "timed rounds",
                    "max_models": "backbones per comparison or benchmark", "max_epochs": "training epochs",
-                   "max_train_steps": "training steps", "max_params": "parameters of one model",
+                   "max_train_steps": "training steps", "max_train_minutes": "minutes of one training run",
+                   "max_params": "parameters of one model",
                    "memory_fraction": "share of the free memory one request may use"}
     for name, text in limit_flags.items():
         default = getattr(defaults, name)

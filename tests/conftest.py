@@ -36,6 +36,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def run_app_main(monkeypatch):
+    """``app.main(argv)`` with the launch replaced: returns the keyword arguments launch got."""
+    import app as mscsa_app
+
+    seen: dict = {}
+
+    class FakeBlocks:
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            seen.clear()
+            seen.update(kwargs)
+
+    monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
+
+    def run(argv):
+        mscsa_app.main(argv)
+        return seen
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     """The whole app launched on a free localhost port for the module's tests (runs go to a temp folder)."""

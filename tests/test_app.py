@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 
-import app as mscsa_app
 from webapp import handlers
 from mscsa_lab.io.export import read_table
 
@@ -185,21 +184,11 @@ def test_pinned_configurations_side_by_side_with_fps(client):
         client.predict(api_name="/pin")
 
 
-def test_listens_on_localhost_by_default(monkeypatch):
-    seen = {}
-
-    class FakeBlocks:
-        def queue(self, **kwargs):
-            return self
-
-        def launch(self, **kwargs):
-            seen.update(kwargs)
-
-    monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
-    mscsa_app.main([])
+def test_listens_on_localhost_by_default(run_app_main):
+    seen = run_app_main([])
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["max_file_size"] == "512mb"
     with pytest.warns(UserWarning, match="listening beyond this machine"):
-        mscsa_app.main(["--host", "0.0.0.0"])
+        seen = run_app_main(["--host", "0.0.0.0"])
     assert seen["server_name"] == "0.0.0.0"
 
 

@@ -218,3 +218,40 @@ def test_results_are_titled_cleared_and_shared_between_tabs(page, tmp_path):
     expect(table).to_contain_text("resnet10t (depth 2)")
     expect(table).to_contain_text("dFPS low (%)")
     screenshot(page, "compare")
+
+
+def test_hostile_files_in_the_browser(page, tmp_path):
+    """A few corpus cases as a user meets them: each message shows in the page, the app keeps working."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hostile_corpus import PAYLOAD_MARKER, checkpoint_cases, image_cases, write_corpus
+
+    images = {case.name: path for case, path in write_corpus(tmp_path / "images", image_cases())}
+    marker = tmp_path / PAYLOAD_MARKER
+    checkpoints = {case.name: path for case, path in write_corpus(tmp_path / "ckpt", checkpoint_cases(marker))}
+    open_tab(page, "Build")
+    page.locator("#build-button").click()
+    expect(page.locator("#build-status")).to_contain_text("+ MSCSA")
+    open_tab(page, "Saliency")
+    clear = page.locator("#saliency-image button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.locator("#saliency-image input[type=file]").set_input_files(str(images["zero-byte"]))
+    expect(page.get_by_text("the image file is empty").first).to_be_visible()
+    page.locator("#saliency-image button[aria-label='Clear']").first.click()
+    page.locator("#saliency-image input[type=file]").set_input_files(str(images["decompression bomb"]))
+    expect(page.get_by_text("decompression bomb").first).to_be_visible()
+    page.locator("#saliency-image button[aria-label='Clear']").first.click()
+    page.locator("#saliency-image input[type=file]").set_input_files(str(SAMPLE))
+    page.locator("#saliency-source input").click()
+    page.get_by_role("option", name="the Build tab's model").click()
+    page.locator("#saliency-checkpoint input[type=file]").set_input_files(str(checkpoints["pickle that runs code"]))
+    page.locator("#saliency-button").click()
+    expect(page.get_by_text("besides tensors it holds Python objects or code").first).to_be_visible()
+    assert not marker.exists()
+    page.locator("#saliency-source input").click()
+    page.get_by_role("option", name="demo model (5 synthetic shapes)").click()
+    page.locator("#saliency-checkpoint button[aria-label='Clear']").first.click()
+    page.locator("#saliency-button").click()
+    expect(page.locator("#saliency-prediction")).to_contain_text("Prediction:")  # still serving

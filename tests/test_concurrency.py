@@ -46,20 +46,11 @@ def test_model_cache_is_bounded_by_memory_not_count():
     assert model_bytes((huge, {"meta": 1})) == 4 * (1024 * 1024 + 1024)
 
 
-def test_app_flag_sets_the_cache_budget(monkeypatch):
-    import app as mscsa_app
+def test_app_flag_sets_the_cache_budget(run_app_main):
     from webapp import handlers
 
-    class FakeBlocks:
-        def queue(self, **kwargs):
-            return self
-
-        def launch(self, **kwargs):
-            pass
-
-    monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
     try:
-        mscsa_app.main(["--cache-mb", "64"])
+        run_app_main(["--cache-mb", "64"])
         assert handlers.MODEL_CACHE.budget_bytes == 64 * 2**20
     finally:
         handlers.set_cache_budget(handlers.DEFAULT_CACHE_BYTES)

@@ -5,7 +5,6 @@ import time
 import pytest
 from gradio_client import Client
 
-import app as mscsa_app
 from mscsa_lab.analysis.cost import (
     CostEstimate,
     ResourceError,
@@ -53,18 +52,10 @@ def test_limits_name_the_flag_that_raises_them():
         ResourceLimits(memory_fraction=2).validate()
 
 
-def test_app_flags_set_the_limits(monkeypatch):
-    class FakeBlocks:
-        def queue(self, **kwargs):
-            return self
-
-        def launch(self, **kwargs):
-            pass
-
+def test_app_flags_set_the_limits(run_app_main):
     before = handlers.limits()
-    monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
     try:
-        mscsa_app.main(["--max-batch", "1024", "--max-side", "4096", "--memory-fraction", "0.9"])
+        run_app_main(["--max-batch", "1024", "--max-side", "4096", "--memory-fraction", "0.9"])
         assert (handlers.limits().max_batch, handlers.limits().max_side, handlers.limits().memory_fraction) == \
             (1024, 4096, 0.9)
     finally:
@@ -110,3 +101,28 @@ def test_requests_that_would_exhaust_memory_are_refused_through_the_app(client):
     assert time.perf_counter() - started < 120
     assert _rss_mb() - rss < 500  # nothing was built
     assert "resnet18 + MSCSA" in client.predict(*BUILD.values(), api_name="/build")[0]  # still serving
+
+
+def test_training_is_refused_without_disk_and_stops_at_its_time_limit(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from webapp import training
+
+    fields = dict(data="synthetic", backbone="resnet10t", mode="scratch", epochs=50, batch_size=8, img_size=32,
+                  synthetic_train=64, synthetic_val=16, workers=0, device="cpu")
+    before = training.runs_dir()
+    training.set_runs_dir(tmp_path / "runs")
+    try:
+        usage = namedtuple("usage", "total used free")
+        real = shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10 * 2**20))
+        with pytest.raises(ResourceError, match=r"writes about .* of checkpoints, but the runs folder .* has 10.0 MiB free"):
+            next(training.train_job(fields, "no-space"))
+        monkeypatch.setattr(shutil, "disk_usage", real)
+        started = time.perf_counter()
+        *_, last = training.train_job(fields, "timed", max_minutes=0.05)  # 3 s for a run of 50 epochs
+        assert "stopped" in last[0] and time.perf_counter() - started < 60
+        assert (tmp_path / "runs" / "timed" / "last" / "state.pt").is_file()  # stopped cleanly: resumable
+    finally:
+        training.set_runs_dir(before)

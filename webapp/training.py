@@ -140,11 +140,35 @@ def _status(name: str, event: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterator[tuple[str, Any, str | None]]:
+DISK_HEADROOM_BYTES = 512 * 2**20
+
+
+def _check_disk(config: Any, max_minutes: float | None) -> None:
+    """Refuse a run the runs folder's disk cannot hold: the weights are written three times (the model,
+    the resumable state, the state being replaced) plus the optimizer state, with some headroom."""
+    import shutil
+
+    from mscsa_lab.analysis.cost import ResourceError, estimate_cost
+    from mscsa_lab.io.numbers import human_bytes
+
+    estimate = estimate_cost(config.profile, config.backbone, "classification", (config.img_size, config.img_size))
+    needed = 5 * estimate.param_bytes + DISK_HEADROOM_BYTES
+    folder = runs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ResourceError(f"training {estimate.label} writes about {human_bytes(needed)} of checkpoints, but the "
+                            f"runs folder {folder} has {human_bytes(free)} free: free some space or use --runs-dir")
+
+
+def train_job(config_fields: dict[str, Any], name: str | None = None,
+              max_minutes: float | None = None) -> Iterator[tuple[str, Any, str | None]]:
     """Run one training job; yields (status text, curves figure or None, run name once finished).
 
     ``config_fields`` are ``mscsa_lab.train.TrainConfig`` fields (``out`` is set here, inside the
-    runs folder). Closing the generator (the page cancelled or went away) stops the run cleanly.
+    runs folder). Closing the generator (the page cancelled or went away) stops the run cleanly, and so
+    does reaching ``max_minutes`` (the server's training time limit). A run whose checkpoints the disk
+    cannot hold is refused before it starts.
     """
     from mscsa_lab.train import TrainConfig, train
 
@@ -157,7 +181,12 @@ def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterato
         raise ConfigError(f"a run named {name!r} exists in {runs_dir()}: tick 'Resume' to continue it from its last "
                           "checkpoint (after a stop or a server restart), or choose another name")
     config = TrainConfig(**{**config_fields, "out": str(out), "command": f"app Train tab: {name}"}).validate()
+    _check_disk(config, max_minutes)
     job = _claim(name)
+    timer = threading.Timer(max_minutes * 60.0, job.stop.set) if max_minutes else None
+    if timer is not None:  # the run stops cleanly at the time limit, its checkpoint kept
+        timer.daemon = True
+        timer.start()
 
     def run() -> None:
         try:
@@ -196,6 +225,8 @@ def train_job(config_fields: dict[str, Any], name: str | None = None) -> Iterato
                 "in the Saliency tab.")
         yield text, plot_training_curves(points, name), name
     finally:
+        if timer is not None:
+            timer.cancel()
         _release(job)  # keeps the last checkpoint
 
 

@@ -41,6 +41,7 @@ class ResourceLimits:
     max_models: int = 8  # backbones or configurations per comparison or benchmark
     max_epochs: int = 100
     max_train_steps: int = 100_000
+    max_train_minutes: float = 240.0  # a training run stops cleanly (checkpoint kept) at this time
     max_params: int = 1_000_000_000  # one model
     memory_fraction: float = 0.6  # of the memory free when the request arrives
 
