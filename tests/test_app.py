@@ -94,7 +94,7 @@ def test_budget_helper(client):
     assert Fraction(squeeze) == Fraction(chosen["squeeze_ratio"]).limit_denominator(64) and "Applied" in note
     with pytest.raises(Exception, match="no settings to apply"):
         client.predict("pvt_v2_b0", "", api_name="/budget_apply")
-    with pytest.raises(Exception, match="give the cap as a percentage"):
+    with pytest.raises(Exception, match=r"cap 0% is out of range: give a percentage"):
         client.predict("pvt_v2_b0", 0, 224, 224, "classification", api_name="/budget")
 
 

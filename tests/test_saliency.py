@@ -232,7 +232,7 @@ def test_checkpoints_load_safely(tmp_path, small_model):
 
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"weights": torch.zeros(1), "payload": Payload()}, unsafe)
-    with pytest.raises(CheckpointError, match="refused: it holds Python objects other than tensors"):
+    with pytest.raises(CheckpointError, match="refused: besides tensors it holds Python objects or code"):
         read_state_dict(unsafe)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
