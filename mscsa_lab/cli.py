@@ -538,6 +538,9 @@ def _add_ablate_command(commands) -> None:
     ablate.add_argument("--input", type=_parse_size, default=(224, 224), metavar="HxW",
                         help="input size for FLOPs, parameters and FPS (default: 224x224)")
     ablate.add_argument("--no-fps", action="store_true", help="skip the interleaved FPS measurement")
+    ablate.add_argument("--flops-only", action="store_true",
+                        help="no training: each variant's FLOPs, parameters and step from the previous row at --input, "
+                             "the paper's Table 4/5 beside (TopFormer-T at 224x224); seconds")
     ablate.add_argument("--backbone-arg", dest="backbone_args", type=_parse_backbone_arg, action="append", default=[],
                         metavar="NAME=VALUE", help="timm constructor argument for the backbone (repeatable)")
     ablate.add_argument("--set", dest="settings", type=_parse_setting, action="append", default=[], metavar="NAME=VALUE",
@@ -553,10 +556,16 @@ def _add_ablate_command(commands) -> None:
 
 
 def _run_ablate(args: argparse.Namespace, settings: dict[str, Any]) -> int:
-    from mscsa_lab.train.ablation import run_ablation
+    from mscsa_lab.train.ablation import ablation_costs, run_ablation
 
     _check_paths(args.output, [])
     variants = list(args.variants) if args.variants else f"table{args.table or '4'}"
+    if args.flops_only:
+        table = ablation_costs(args.name, variants, args.input, settings, dict(args.backbone_args) or None)
+        print(table.to_markdown(args.digits))
+        for path in _write_outputs(table, args.output, [], args):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
     train = dict(data=args.data, max_steps=args.max_steps, batch_size=args.batch, img_size=args.img_size, lr=args.lr,
                  synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val, device=args.device,
                  workers=args.workers)

@@ -68,6 +68,28 @@ def test_cli_study_without_fps(tmp_path):
     assert md.read_text().startswith("### Ablation study of demo")
 
 
+def test_cli_flops_only_gives_the_paper_table_without_training(tmp_path):
+    """`ablate --flops-only`: the Table 5 cost columns in seconds, the paper beside, no run trained."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    csv = tmp_path / "table5.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "mscsa_lab", "ablate", "topformer_tiny", "--table", "5", "--flops-only",
+         "--out", str(tmp_path / "runs"), "-o", str(csv)],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "| avgpool |" in done.stdout and "run 1/" not in done.stderr
+    assert not (tmp_path / "runs").exists()
+    frame = pd.read_csv(csv).set_index("Variant")
+    assert list(frame.index) == ["dwconv", "avgpool", "cascade", "single"]
+    assert list(frame["Paper FLOPs (M)"]) == [132, 132, 131, 131]
+    expected = ablation_flops("topformer_tiny", list(frame.index)).frame.set_index("Variant")
+    assert list(frame["FLOPs (M)"]) == pytest.approx(list(expected["FLOPs (M)"]), abs=1e-3)
+    # Each variant's change against dwconv agrees with the paper's within 1 M.
+    ours = frame["FLOPs (M)"] - frame.loc["dwconv", "FLOPs (M)"]
+    paper = frame["Paper FLOPs (M)"] - frame.loc["dwconv", "Paper FLOPs (M)"]
+    assert (ours - paper).abs().max() <= 1.0
+
+
 def test_bad_requests_give_clear_errors():
     with pytest.raises(ValueError, match=r"unknown ablation variant\(s\) \['\+bogus'\]"):
         run_ablation("demo", ["none", "+bogus"], seeds=(0,), train=TINY, input_size=64)

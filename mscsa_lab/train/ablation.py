@@ -34,7 +34,7 @@ from mscsa_lab.models.config import TABLE4_VARIANTS, TABLE5_VARIANTS
 from mscsa_lab.train.config import TrainConfig, TrainingInputError
 from mscsa_lab.train.progress import StopFlag, should_stop
 
-__all__ = ["run_ablation", "resolve_variants", "DEMO_NAME", "DEMO_BACKBONE", "DEMO_BACKBONE_KWARGS",
+__all__ = ["run_ablation", "ablation_costs", "resolve_variants", "DEMO_NAME", "DEMO_BACKBONE", "DEMO_BACKBONE_KWARGS",
            "DEMO_MSCSA", "QUICK_TRAIN", "AblationRun"]
 
 DEMO_NAME = "demo"
@@ -103,6 +103,33 @@ def _model_spec(name: str, user_settings: Mapping[str, Any], backbone_kwargs: Ma
     label, profile = resolve_name(name)  # unknown names: ProfileError (a ValueError) listing the profiles
     fields = dict(profile=profile.name) if profile is not None else dict(backbone=label)
     return fields, dict(user_settings), dict(backbone_kwargs or {})
+
+
+def _variant_costs(model_fields: Mapping[str, Any], base_settings: Mapping[str, Any],
+                   backbone_kwargs: Mapping[str, Any], chosen: Mapping[str, Any],
+                   input_size: tuple[int, int]) -> ResultTable:
+    flops_settings = dict(base_settings)
+    if backbone_kwargs:
+        flops_settings["backbone_kwargs"] = dict(backbone_kwargs)
+    return ablation_flops(model_fields.get("profile") or model_fields["backbone"], chosen, input_size,
+                          **flops_settings)
+
+
+def ablation_costs(
+    name: str = DEMO_NAME,
+    variants: str | Sequence[str] | Mapping[str, Mapping[str, Any]] = "table4",
+    input_size: int | tuple[int, int] = (224, 224),
+    settings: Mapping[str, Any] | None = None,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+) -> ResultTable:
+    """The study's cost columns without training: each variant's FLOPs, parameters and step from the
+    previous row for the same ``name`` (``"demo"`` included) that ``run_ablation`` would train, with
+    the paper's Table 4/5 beside where they apply. Seconds, not minutes."""
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    model_fields, base_settings, kwargs = _model_spec(name, dict(settings or {}), backbone_kwargs)
+    return _variant_costs(model_fields, base_settings, kwargs, resolve_variants(variants),
+                          (int(input_size[0]), int(input_size[1])))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -180,11 +207,7 @@ def run_ablation(
                 seed=seed, out=run_out, command=f"ablation {name}: {variant}, seed {seed}").validate()
 
     # FLOPs first: a variant that cannot be built fails here, not after training the others.
-    flops_settings = dict(base_settings)
-    if backbone_kwargs:
-        flops_settings["backbone_kwargs"] = dict(backbone_kwargs)
-    flops_table = ablation_flops(model_fields.get("profile") or model_fields["backbone"], chosen, input_size,
-                                 **flops_settings)
+    flops_table = _variant_costs(model_fields, base_settings, backbone_kwargs, chosen, input_size)
 
     total = len(configs)
     runs: list[AblationRun] = []
