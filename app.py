@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import functools
 import threading
+import time
 import warnings
 
 import gradio as gr
@@ -92,14 +93,19 @@ def on_pin(pinned, form):
     return handlers.pin_action(pinned, form)
 
 
-def _cancellable(work, progress: gr.Progress, poll_s: float = 0.5):
+def _cancellable(work, progress: gr.Progress, poll_s: float = 0.5, orphan_s: float = 15.0):
     """Run ``work(stop, report)`` in a thread and yield None while it runs, then its result.
 
     A cancelled request (the page's Stop, a closed tab, a client's cancel) closes this generator, whose
     ``finally`` sets ``stop``: the work sees it within one step and ends, so a cancelled benchmark
-    does not keep the CPU busy beside the next request. Errors are raised here, in the request."""
+    does not keep the CPU busy beside the next request. Errors are raised here, in the request.
+
+    Gradio can only close a generator it has registered, which happens at its first yield: so nothing
+    starts before that yield. And a cancel that still slips past (the generator left suspended, never
+    closed) is caught by a watchdog: when nobody has asked for the next update for ``orphan_s``
+    seconds, the request is gone and ``stop`` is set."""
     stop, box = threading.Event(), {}
-    state = {"fraction": 0.0, "message": "starting"}
+    state = {"fraction": 0.0, "message": "starting", "polled": time.monotonic()}
 
     def report(fraction: float, message: str) -> None:
         state.update(fraction=fraction, message=message)
@@ -110,13 +116,22 @@ def _cancellable(work, progress: gr.Progress, poll_s: float = 0.5):
         except BaseException as error:  # noqa: BLE001 - raised in the request below
             box["error"] = error
 
+    def watch() -> None:
+        while thread.is_alive() and not stop.wait(poll_s):
+            if time.monotonic() - state["polled"] > orphan_s:
+                stop.set()
+
     thread = threading.Thread(target=run, name="mscsa-cancellable", daemon=True)
-    thread.start()
     try:
+        yield None  # registered with Gradio from here on, so a cancel can close it
+        state["polled"] = time.monotonic()
+        thread.start()
+        threading.Thread(target=watch, name="mscsa-cancellable-watchdog", daemon=True).start()
         while thread.is_alive():
             thread.join(poll_s)
             progress(state["fraction"], desc=state["message"])
             yield None
+            state["polled"] = time.monotonic()
         if "error" in box:
             error = box["error"]
             if isinstance(error, handlers.USER_ERRORS):

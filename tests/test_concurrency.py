@@ -3,6 +3,10 @@ within seconds, requests never share a mutable model, and the model cache is bou
 import time
 
 from gradio_client import Client
+from gradio_client.utils import Status
+
+# PVTv2-B0, CPU, fp32, batch 8, no fast path, 20 steps a block, 200 rounds, 224, Build model unused, 600 s cap.
+LONG_BENCHMARK = (["pvt_v2_b0"], "cpu", "fp32", 8, False, 20, 200, 224, "", False, 600)
 
 
 def _process_cpu_share(seconds: float) -> float:
@@ -14,7 +18,7 @@ def _process_cpu_share(seconds: float) -> float:
 
 def test_cancelling_a_benchmark_stops_the_work(app_url):
     client = Client(app_url, verbose=False)
-    job = client.submit(["pvt_v2_b0"], "cpu", "fp32", 8, False, 20, 200, 224, "", False, 600, api_name="/benchmark")
+    job = client.submit(*LONG_BENCHMARK, api_name="/benchmark")
     deadline = time.monotonic() + 120
     while _process_cpu_share(1.0) < 0.5:  # wait until it is really timing
         assert time.monotonic() < deadline, "the benchmark never started"
@@ -25,6 +29,63 @@ def test_cancelling_a_benchmark_stops_the_work(app_url):
     idle = _process_cpu_share(3.0)
     print(f"\nCPU while benchmarking {busy:.2f} cores, 5 s after cancel {idle:.2f} cores")
     assert busy > 0.5 and idle < 0.25
+
+
+RUNNING = (Status.PROCESSING, Status.PROGRESS)
+
+
+def _wait_for(job, codes: tuple[Status, ...], seconds: float):
+    deadline = time.monotonic() + seconds
+    while (status := job.status()).code not in codes:
+        assert time.monotonic() < deadline, f"still {status.code} after {seconds} s, expected {codes}"
+        assert not job.done(), f"the job ended: {job.exception() or job.outputs()}"
+        time.sleep(0.2)
+    return status
+
+
+def test_a_second_benchmark_waits_in_the_queue_with_its_position(app_url):
+    """Benchmarks run one at a time (they would time each other): a second one queues, its client is
+    told its place in line (what the page shows as 'queue: 1/1'), and it starts when the first is
+    cancelled."""
+    first = Client(app_url, verbose=False).submit(*LONG_BENCHMARK, api_name="/benchmark")
+    second = Client(app_url, verbose=False).submit(*LONG_BENCHMARK, api_name="/benchmark")
+    try:
+        _wait_for(first, RUNNING, 120)
+        waiting = _wait_for(second, (Status.IN_QUEUE,), 60)
+        assert waiting.rank == 0 and waiting.queue_size >= 1  # first in line (the page counts from 1)
+        time.sleep(2)
+        assert second.status().code == Status.IN_QUEUE  # still waiting while the first one runs
+        first.cancel()
+        _wait_for(second, RUNNING, 60)
+    finally:
+        first.cancel()
+        second.cancel()
+    time.sleep(5)
+    assert _process_cpu_share(2.0) < 0.25  # both stopped
+
+
+def test_an_abandoned_job_is_stopped_by_the_watchdog():
+    """A request whose generator is left suspended and never closed (a cancel Gradio could not
+    deliver) stops its work once nobody has asked for an update for ``orphan_s`` seconds."""
+    import threading
+
+    import app
+
+    started, stopped = threading.Event(), threading.Event()
+
+    def work(stop, report):
+        started.set()
+        while not stop.wait(0.05):
+            report(0.5, "working")
+        stopped.set()
+        return "done"
+
+    job = app._cancellable(work, lambda fraction, desc=None: None, poll_s=0.1, orphan_s=1.0)
+    assert next(job) is None and not started.is_set()  # nothing runs before Gradio holds the generator
+    assert next(job) is None and started.wait(5)
+    assert not stopped.wait(0.5)  # still wanted: still running
+    assert stopped.wait(5)  # abandoned (job kept, never advanced or closed): stopped by the watchdog
+    del job
 
 
 def test_model_cache_is_bounded_by_memory_not_count():
