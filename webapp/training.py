@@ -197,11 +197,12 @@ def train_job(config_fields: dict[str, Any], name: str | None = None,
             job.events.put(None)
 
     job.thread = threading.Thread(target=run, name=f"mscsa-train-{name}", daemon=True)
-    job.thread.start()
     points: list[dict[str, Any]] = []
     last_drawn = 0.0
     try:
+        # Gradio holds (and can close, on a cancel) the generator only from its first yield: start after it.
         yield _status(name, None), None, None
+        job.thread.start()
         while True:
             item = job.events.get()
             if item is None:
@@ -259,10 +260,10 @@ def ablation_job(model: str, variants: str, seeds: list[int], train_fields: dict
             job.events.put(None)
 
     job.thread = threading.Thread(target=run, name="mscsa-ablation", daemon=True)
-    job.thread.start()
     last_shown = 0.0
     try:
-        yield f"**{name}**: {state['message']}", None, None
+        yield f"**{name}**: {state['message']}", None, None  # as in train_job: start once Gradio holds us
+        job.thread.start()
         while True:
             item = job.events.get()
             if item is None:
