@@ -105,7 +105,7 @@ def _cancellable(work, progress: gr.Progress, poll_s: float = 0.5, orphan_s: flo
     closed) is caught by a watchdog: when nobody has asked for the next update for ``orphan_s``
     seconds, the request is gone and ``stop`` is set."""
     stop, box = threading.Event(), {}
-    state = {"fraction": 0.0, "message": "starting", "polled": time.monotonic()}
+    state = {"fraction": 0.0, "message": "starting"}
 
     def report(fraction: float, message: str) -> None:
         state.update(fraction=fraction, message=message)

@@ -1,4 +1,4 @@
-"""How long work is asked to stop: a flag (a ``threading.Event`` or a callable) that training,
+"""How work is asked to stop: a flag (a ``threading.Event`` or a callable) that training,
 ablation studies and benchmarks check between steps, so a Stop button, Ctrl-C or a cancelled web
 request ends the work within one step instead of letting it run on unseen."""
 from __future__ import annotations

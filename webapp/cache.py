@@ -62,8 +62,9 @@ class ModelCache:
         with self._lock:
             self._items[key] = (value, size)
             self._items.move_to_end(key)
-            while sum(s for _, s in self._items.values()) > self.budget_bytes:
-                self._items.popitem(last=False)
+            used = sum(s for _, s in self._items.values())
+            while used > self.budget_bytes:
+                used -= self._items.popitem(last=False)[1][1]
         return value
 
     def clear(self) -> None:

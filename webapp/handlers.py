@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from mscsa_lab.analysis.architecture import architecture_tables
-from webapp.cache import ModelCache
 from mscsa_lab.analysis.cost import DEFAULT_LIMITS, ResourceLimits
 from mscsa_lab.io.export import export_stem
 from mscsa_lab.io.numbers import format_number, readable_frame
 from mscsa_lab.paths import ASSETS_DIR
 from mscsa_lab.registry import build_model, parse_input_size
 from mscsa_lab.models.config import ConfigError
+from mscsa_lab.stopping import Cancelled, should_stop
+from webapp.cache import ModelCache
 
 __all__ = [
     "ModelForm",
@@ -133,8 +134,8 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
 def training_fields(data: str, profile: str, backbone: str, mode: str, epochs: Any, max_steps: Any, batch: Any,
                     img_size: Any, lr: Any, pretrained: bool, resume: bool = False) -> dict[str, Any]:
     """The Train tab's form as ``TrainConfig`` fields (validated again by the engine)."""
-    fields: dict[str, Any] = dict(resume=bool(resume),
-        data=(data or "").strip() or "synthetic", profile=(profile or "").strip() or None,
+    fields: dict[str, Any] = dict(
+        resume=bool(resume), data=(data or "").strip() or "synthetic", profile=(profile or "").strip() or None,
         backbone=(backbone or "").strip() or None, mode=mode or None, pretrained=bool(pretrained),
         epochs=_whole("epochs", epochs, 1, 1000), batch_size=_whole("batch", batch, 1, 1024),
         img_size=_whole("image size", img_size, 32, 1024),
@@ -490,7 +491,6 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
     latency_frame, latency_figure = None, None
     if latency_model:
         from mscsa_lab.registry import build_named_model
-        from mscsa_lab.stopping import Cancelled, should_stop
 
         if should_stop(stop):
             raise Cancelled("the benchmark was cancelled")

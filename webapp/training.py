@@ -143,7 +143,7 @@ def _status(name: str, event: dict[str, Any] | None) -> str:
 DISK_HEADROOM_BYTES = 512 * 2**20
 
 
-def _check_disk(config: Any, max_minutes: float | None) -> None:
+def _check_disk(config: Any) -> None:
     """Refuse a run the runs folder's disk cannot hold: the weights are written three times (the model,
     the resumable state, the state being replaced) plus the optimizer state, with some headroom."""
     import shutil
@@ -181,7 +181,7 @@ def train_job(config_fields: dict[str, Any], name: str | None = None,
         raise ConfigError(f"a run named {name!r} exists in {runs_dir()}: tick 'Resume' to continue it from its last "
                           "checkpoint (after a stop or a server restart), or choose another name")
     config = TrainConfig(**{**config_fields, "out": str(out), "command": f"app Train tab: {name}"}).validate()
-    _check_disk(config, max_minutes)
+    _check_disk(config)
     job = _claim(name)
     timer = threading.Timer(max_minutes * 60.0, job.stop.set) if max_minutes else None
     if timer is not None:  # the run stops cleanly at the time limit, its checkpoint kept

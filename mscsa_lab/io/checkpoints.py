@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,6 @@ def _looks_like_torch_file(path: Path) -> bool:
 
 def _first_line(text: str, limit: int = 200) -> str:
     """One readable line of a library's message: terminal colour codes removed, cut at ``limit``."""
-    import re
-
     line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
 

@@ -105,6 +105,13 @@ def _model_spec(name: str, user_settings: Mapping[str, Any], backbone_kwargs: Ma
     return fields, dict(user_settings), dict(backbone_kwargs or {})
 
 
+def _size(input_size: int | tuple[int, int]) -> tuple[int, int]:
+    """A side or (height, width) as (height, width) integers."""
+    if isinstance(input_size, int):
+        return input_size, input_size
+    return int(input_size[0]), int(input_size[1])
+
+
 def _variant_costs(model_fields: Mapping[str, Any], base_settings: Mapping[str, Any],
                    backbone_kwargs: Mapping[str, Any], chosen: Mapping[str, Any],
                    input_size: tuple[int, int]) -> ResultTable:
@@ -125,11 +132,8 @@ def ablation_costs(
     """The study's cost columns without training: each variant's FLOPs, parameters and step from the
     previous row for the same ``name`` (``"demo"`` included) that ``run_ablation`` would train, with
     the paper's Table 4/5 beside where they apply. Seconds, not minutes."""
-    if isinstance(input_size, int):
-        input_size = (input_size, input_size)
     model_fields, base_settings, kwargs = _model_spec(name, dict(settings or {}), backbone_kwargs)
-    return _variant_costs(model_fields, base_settings, kwargs, resolve_variants(variants),
-                          (int(input_size[0]), int(input_size[1])))
+    return _variant_costs(model_fields, base_settings, kwargs, resolve_variants(variants), _size(input_size))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -176,9 +180,7 @@ def run_ablation(
         raise ValueError(f"seeds must be one or more whole numbers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeat {seeds}: each seed once, or the spread over seeds means nothing")
-    if isinstance(input_size, int):
-        input_size = (input_size, input_size)
-    input_size = (int(input_size[0]), int(input_size[1]))
+    input_size = _size(input_size)
 
     user = dict(train or {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
