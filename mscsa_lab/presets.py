@@ -15,6 +15,7 @@ import timm
 
 from mscsa_lab.models.config import ConfigError, MSCSAConfig
 from mscsa_lab.paths import PROFILES_DIR
+from mscsa_lab.errors import UserError
 
 __all__ = [
     "Profile",
@@ -34,7 +35,7 @@ _TOP_LEVEL_KEYS = {"name", "title", "backbone", "baseline", "model_name", "attac
                    "paper"}
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that does not exist or whose file is malformed."""
 
 

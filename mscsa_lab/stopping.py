@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 from typing import Callable, Union
 
+from mscsa_lab.errors import UserError
+
 __all__ = ["StopFlag", "should_stop", "Cancelled"]
 
 StopFlag = Union[threading.Event, Callable[[], bool], None]
 
 
-class Cancelled(RuntimeError):
+class Cancelled(UserError, RuntimeError):
     """The work was asked to stop before it had a result."""
 
 

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 
 from mscsa_lab.io.numbers import human_bytes, human_count
+from mscsa_lab.errors import UserError
 
 __all__ = ["ResourceLimits", "ResourceError", "CostEstimate", "estimate_cost", "available_memory_bytes",
            "check_fits", "DEFAULT_LIMITS"]
 
 
-class ResourceError(ValueError):
+class ResourceError(UserError, ValueError):
     """A request larger than this server allows or than its free memory holds; the message has the numbers."""
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from mscsa_lab.models.mscsa import CrossScaleAttention
 from mscsa_lab.models.mscsa_net import MSCSANet
+from mscsa_lab.errors import UserError
 
 __all__ = ["METHODS", "KINDS", "SaliencyError", "SaliencyResult", "KVTaps", "compute_saliency", "select_layer"]
 
@@ -39,7 +40,7 @@ CLASS_TARGETED = ("gradcam", "gradxact")
 KINDS = ("key", "value")
 
 
-class SaliencyError(ValueError):
+class SaliencyError(UserError, ValueError):
     """A saliency request that cannot be served (wrong layer, method, target...)."""
 
 

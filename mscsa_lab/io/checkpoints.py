@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mscsa_lab.paths import ASSETS_DIR
+from mscsa_lab.errors import UserError
 
 __all__ = ["CheckpointError", "save_checkpoint", "read_state_dict", "load_checkpoint", "DEMO_WEIGHTS",
            "DEMO_METADATA", "load_demo_model", "demo_metadata"]
@@ -27,7 +28,7 @@ DEMO_METADATA = ASSETS_DIR / "demo_model.json"
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded into the model; the message says why."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from mscsa_lab.errors import UserError
 
 __all__ = ["ImageError", "PreparedImage", "load_image", "prepare_image", "MAX_PIXELS", "MIN_SIDE", "FIT_MODES"]
 
@@ -28,7 +29,7 @@ MIN_SIDE = 8
 FIT_MODES = ("pad", "crop")
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that cannot be used; the message says why and what to do."""
 
 

@@ -27,6 +27,7 @@ import torch
 from timm.models import group_parameters
 from timm.models._features import FeatureGetterNet
 from torch import nn
+from mscsa_lab.errors import UserError
 
 __all__ = [
     "StageFeatures",
@@ -48,11 +49,11 @@ _HOW_TO_PROCEED = (
 )
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError, ValueError):
     """The backbone is unknown or cannot give the four stage maps MSCSA needs."""
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(UserError, RuntimeError):
     """``pretrained=True`` was asked for but the backbone's weights can be neither found nor downloaded."""
 
 

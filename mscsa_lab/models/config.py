@@ -13,6 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 from mscsa_lab.models.layers import ACTIVATIONS
+from mscsa_lab.errors import UserError
 
 __all__ = [
     "MSCSAConfig",
@@ -53,7 +54,7 @@ TABLE5_VARIANTS: dict[str, dict[str, Any]] = {
 ABLATION_PRESETS: dict[str, dict[str, Any]] = {**TABLE4_VARIANTS, **TABLE5_VARIANTS}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An impossible MSCSA configuration; the message says what to change."""
 
 

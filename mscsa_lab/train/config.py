@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from mscsa_lab.errors import UserError
 
 __all__ = ["TrainConfig", "TrainingInputError", "MODES", "AMP_MODES", "DEFAULT_LR", "SYNTHETIC"]
 
@@ -18,7 +19,7 @@ SYNTHETIC = "synthetic"
 DEFAULT_LR = {"mscsa-only": 1e-3, "finetune": 3e-4, "scratch": 1e-3}
 
 
-class TrainingInputError(ValueError):
+class TrainingInputError(UserError, ValueError):
     """A training request that cannot run as given; the message says what to change."""
 
 

@@ -61,6 +61,7 @@ from mscsa_lab.train.state import (
     restore_rng,
     save_training_state,
 )
+from mscsa_lab.errors import UserError
 
 __all__ = ["train", "TrainResult", "TrainingDivergedError", "MODEL_FILE", "METADATA_FILE", "HISTORY_FILE",
            "RESUME_FIELDS"]
@@ -74,7 +75,7 @@ RESUME_FIELDS = ("data", "profile", "backbone", "backbone_kwargs", "mscsa", "mod
                  "img_size", "seed", "val_fraction", "synthetic_train", "synthetic_val", "ema", "drop_rate")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """The loss became NaN or infinite; the message suggests what to change."""
 
 
