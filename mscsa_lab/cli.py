@@ -248,7 +248,8 @@ def _run(args: argparse.Namespace) -> int:
         report = profile_model(model, args.input, args.batch)
         table = report.to_table(args.convention)
         if args.memory or args.training:
-            from mscsa_lab.analysis.memory import memory_profile, merge_with_profile
+            from mscsa_lab.analysis.memory import memory_profile
+            from mscsa_lab.analysis.merge import merge_with_profile
 
             profiled = memory_profile(model, args.input, batch_size=args.batch, training=args.training)
             table.frame = merge_with_profile(table.frame, profiled.to_frame())
@@ -308,7 +309,8 @@ def _run(args: argparse.Namespace) -> int:
             from mscsa_lab.registry import build_named_model
             from mscsa_lab.bench.latency import component_latency
 
-            from mscsa_lab.analysis.memory import merge_with_latency, traffic_profile
+            from mscsa_lab.analysis.merge import merge_with_latency
+            from mscsa_lab.analysis.traffic import traffic_profile
 
             model = build_named_model(args.name, args.task, args.input)
             table = component_latency(model, args.input, settings).to_table()

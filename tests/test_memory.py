@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from mscsa_lab import create_mscsa_model
-from mscsa_lab.analysis.memory import (
-    MIB,
-    memory_profile,
-    merge_with_latency,
-    merge_with_profile,
-    meta_model,
-    traffic_profile,
-)
+from mscsa_lab.analysis.cost import meta_model
+from mscsa_lab.errors import UserError
+from mscsa_lab.analysis.memory import MIB, memory_profile
+from mscsa_lab.analysis.merge import merge_with_latency, merge_with_profile
+from mscsa_lab.analysis.traffic import traffic_profile
 from mscsa_lab.analysis.profiler import profile_model
 from mscsa_lab.bench.latency import component_latency
 from mscsa_lab.bench.settings import BenchmarkSettings
@@ -179,7 +176,7 @@ def test_cuda_is_never_touched_without_a_gpu(model, inference_1):
     assert math.isnan(frame.loc["peak, inference", "Measured MiB"])
     assert frame.loc["peak, inference", "Computed MiB"] * MIB == inference_1.totals.peak_inference_bytes
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA"):
+        with pytest.raises(UserError, match="no CUDA"):
             memory_profile(model, SIZE, device="cuda")
 
 

@@ -357,7 +357,8 @@ def profile_action(form: ModelForm, convention: str = "mac", level: int = 1, mem
     height, width = form.input_size
     title = f"Per-component FLOPs and parameters of {form.label} + MSCSA ({form.task}, {height}x{width})"
     if memory:
-        from mscsa_lab.analysis.memory import memory_profile, merge_with_profile
+        from mscsa_lab.analysis.memory import memory_profile
+        from mscsa_lab.analysis.merge import merge_with_profile
 
         batch = _whole("memory batch", memory_batch, 1, MEMORY_MAX_BATCH)
         profiled = memory_profile(model, form.input_size, batch_size=batch, training=bool(training))
@@ -496,7 +497,8 @@ def benchmark_action(names: Sequence[str], device: str = "auto", precision: str 
             raise Cancelled("the benchmark was cancelled")
 
         model = build_named_model(latency_model, "classification", size)
-        from mscsa_lab.analysis.memory import merge_with_latency, traffic_profile
+        from mscsa_lab.analysis.merge import merge_with_latency
+        from mscsa_lab.analysis.traffic import traffic_profile
 
         latency = component_latency(model, size, settings).to_table()
         traffic = traffic_profile(model, size, batch_size=settings.batch)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mscsa_lab.analysis.observe import ModelObservation
 from mscsa_lab.models.mscsa_net import MSCSANet
 from mscsa_lab.registry import parse_input_size
 
 __all__ = ["architecture_tables"]
 
-def architecture_tables(model: MSCSANet, input_size: tuple[int, int] = (224, 224)) -> dict[str, pd.DataFrame]:
-    """Stages (stride, widths, map sizes), K/V scales (grid, tokens) and parameter counts."""
-    summary = model.summary(parse_input_size(*input_size))
+
+def architecture_tables(model: MSCSANet, input_size: tuple[int, int] = (224, 224),
+                        observation: ModelObservation | None = None) -> dict[str, pd.DataFrame]:
+    """Stages (stride, widths, map sizes), K/V scales (grid, tokens) and parameter counts. With the
+    ``observation`` of a forward pass at this size (``analysis.observe``) the model is not run again."""
+    size = parse_input_size(*input_size)
+    summary = model.summary(size, stage_sizes=observation.stage_sizes if observation is not None else None)
     stages = pd.DataFrame(
         [
             {

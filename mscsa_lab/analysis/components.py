@@ -6,12 +6,12 @@ Both the FLOPs profiler and the latency benchmark walk the same list, so a row c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
+from typing import Mapping
 
 from mscsa_lab.models.mscsa import CrossScaleAttention, IntraFFN, MSCSABlock
 from mscsa_lab.models.mscsa_net import MSCSANet
 
-__all__ = ["Component", "model_components"]
+__all__ = ["Component", "model_components", "component_total"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,14 @@ class Component:
     modules: tuple[str, ...] = ()
     residual_of: str | None = None
     children: tuple[str, ...] = field(default=(), compare=False)
+
+
+def component_total(component: Component, per_path: Mapping[str, float]) -> float:
+    """The one rule that turns per-module-path figures (FLOPs, parameters, bytes, seconds) into a row:
+    a row sums its modules; a residual row is its parent minus its parent's child modules."""
+    if component.residual_of is not None:
+        return per_path.get(component.residual_of, 0) - sum(per_path.get(c, 0) for c in component.children)
+    return sum(per_path.get(m, 0) for m in component.modules)
 
 
 def _backbone_stage_paths(model: MSCSANet) -> list[tuple[int, str]]:

@@ -24,7 +24,7 @@ from mscsa_lab.io.numbers import human_bytes, human_count
 from mscsa_lab.errors import UserError
 
 __all__ = ["ResourceLimits", "ResourceError", "CostEstimate", "estimate_cost", "available_memory_bytes",
-           "check_fits", "DEFAULT_LIMITS"]
+           "check_fits", "DEFAULT_LIMITS", "meta_model"]
 
 
 class ResourceError(UserError, ValueError):
@@ -106,7 +106,7 @@ def estimate_cost(profile: str | None = None, backbone: str | None = None, task:
     and a kernel's workspace); a training step needs the weights, gradients, AdamW state and every
     tensor autograd keeps (``analysis.memory``). ``keeps_activations``: the work holds every module's
     output at once (FLOPs counting traces the whole graph), so all activations count."""
-    from mscsa_lab.analysis.memory import memory_profile, meta_model
+    from mscsa_lab.analysis.memory import memory_profile
     from mscsa_lab.registry import parse_input_size
 
     height, width = parse_input_size(*input_size)
@@ -182,3 +182,14 @@ def check_fits(estimate: CostEstimate, limits: ResourceLimits = DEFAULT_LIMITS, 
             f"({100 * limits.memory_fraction:.0f}% of the {human_bytes(free)} free now). "
             "Lower the batch, the input size or the model's size")
     return estimate
+
+
+def meta_model(*args: Any, **kwargs: Any) -> Any:
+    """``registry.create_mscsa_model(*args, **kwargs)`` built on the meta device: the modules and their
+    shapes without weights, so ``memory_profile`` and ``traffic_profile`` can run any size of model and
+    batch in a moment without memory. Saved-for-backward bytes can differ from the CPU's where a kernel
+    is chosen by device (fused attention; see the module notes). Pretrained weights cannot be loaded."""
+    from mscsa_lab.registry import create_mscsa_model
+
+    with torch.device("meta"):
+        return create_mscsa_model(*args, **kwargs).eval()

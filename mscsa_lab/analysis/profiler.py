@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import torch
 
 from fvcore.nn import parameter_count
 
-from mscsa_lab.analysis.components import Component, model_components
+from mscsa_lab.analysis.components import component_total, model_components
+from mscsa_lab.analysis.tracker import example_input
 from mscsa_lab.io.export import ResultTable
 from mscsa_lab.analysis.flops import flop_analysis, uncounted_note
 from mscsa_lab.io.metadata import run_metadata
@@ -104,17 +104,6 @@ class ProfileReport:
         )
 
 
-def _cost(component: Component, flops: dict[str, int], params: dict[str, int]) -> tuple[int, int]:
-    if component.residual_of is not None:
-        parent_flops = flops.get(component.residual_of, 0)
-        parent_params = params.get(component.residual_of, 0)
-        return (
-            parent_flops - sum(flops.get(c, 0) for c in component.children),
-            parent_params - sum(params.get(c, 0) for c in component.children),
-        )
-    return sum(flops.get(m, 0) for m in component.modules), sum(params.get(m, 0) for m in component.modules)
-
-
 def profile_model(
     model: MSCSANet,
     input_size: tuple[int, int] = (224, 224),
@@ -123,14 +112,14 @@ def profile_model(
 ) -> ProfileReport:
     """Count FLOPs (fvcore + attention handles) and parameters of every component of ``model``."""
     height, width = input_size
-    analysis = flop_analysis(model, torch.zeros(batch, 3, height, width))
+    analysis = flop_analysis(model, example_input(model, (height, width), batch))
     flops = dict(analysis.by_module())
     uncounted = dict(analysis.unsupported_ops())
     params = dict(parameter_count(model))
     rows = []
     for component in model_components(model):
-        row_flops, row_params = _cost(component, flops, params)
-        rows.append(ComponentCost(component.name, component.group, component.level, row_flops, row_params))
+        rows.append(ComponentCost(component.name, component.group, component.level,
+                                  int(component_total(component, flops)), int(component_total(component, params))))
     level0 = sum(r.flops for r in rows if r.level == 0)
     if flops[""] != level0:  # ops outside every named part, e.g. a residual add counted by a handle
         rows.append(ComponentCost("other (outside named parts)", "other", 0, flops[""] - level0, 0))

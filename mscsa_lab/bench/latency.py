@@ -11,17 +11,18 @@ import copy
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
 
 from mscsa_lab.bench.settings import BenchmarkSettings, benchmark_context, resolve_device
-from mscsa_lab.analysis.components import model_components
+from mscsa_lab.analysis.components import component_total, model_components
+from mscsa_lab.analysis.tracker import ModuleTracker, example_input
 from mscsa_lab.io.export import ResultTable
 from mscsa_lab.io.metadata import run_metadata
 from mscsa_lab.models.mscsa_net import MSCSANet
-from mscsa_lab.analysis.profiler import profile_model
+from mscsa_lab.analysis.profiler import ProfileReport, profile_model
 
 __all__ = ["LatencyReport", "component_latency"]
 
@@ -44,7 +45,8 @@ class LatencyReport:
 
 
 class _Stopwatch:
-    """Start/stop stamps per module path, accumulated over the recorded steps."""
+    """Start/stop stamps per module path, accumulated over the recorded steps: a listener pair on the
+    project's measurement engine (``analysis.tracker.ModuleTracker``)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -59,19 +61,13 @@ class _Stopwatch:
             return event
         return time.perf_counter()
 
-    def pre_hook(self, path: str) -> Callable:
-        def hook(module, inputs):
-            if self.recording:
-                self.open[path] = self._stamp()
+    def enter(self, path: str, module: Any, args: tuple) -> None:
+        if self.recording:
+            self.open[path] = self._stamp()
 
-        return hook
-
-    def post_hook(self, path: str) -> Callable:
-        def hook(module, inputs, output):
-            if self.recording and path in self.open:
-                self.pairs[path].append((self.open.pop(path), self._stamp()))
-
-        return hook
+    def leave(self, path: str, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.recording and path in self.open:
+            self.pairs[path].append((self.open.pop(path), self._stamp()))
 
     def seconds(self, path: str) -> float:
         if self.device.type == "cuda":
@@ -86,12 +82,14 @@ def component_latency(
     settings: BenchmarkSettings | None = None,
     name: str | None = None,
     max_level: int = 1,
+    flops_report: ProfileReport | None = None,
 ) -> LatencyReport:
     """Median-free per-component latency: the mean time per forward pass of each component over
-    ``settings.steps * settings.repeats`` recorded steps, after ``settings.warmup`` unrecorded ones."""
+    ``settings.steps * settings.repeats`` recorded steps, after ``settings.warmup`` unrecorded ones.
+    ``flops_report``: this model's ``profile_model`` report at ``input_size``, when the caller has it."""
     settings = (settings or BenchmarkSettings()).validate()
     device = resolve_device(settings.device)
-    report = profile_model(model, input_size)
+    report = flops_report or profile_model(model, input_size)
     # profile_model's rows follow model_components' order one to one (names repeat across CSAs).
     all_components = model_components(model)
     share_of = {id(c): 100.0 * row.flops / report.total_flops for c, row in zip(all_components, report.rows)}
@@ -100,44 +98,31 @@ def component_latency(
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     if settings.channels_last:
         model = model.to(memory_format=memory_format)
-    modules = dict(model.named_modules())
-    paths = {"": None}
+    paths = {""}
     for component in components:
-        for path in component.modules + component.children + ((component.residual_of,) if component.residual_of else ()):
-            paths[path] = None
+        paths.update(component.modules + component.children + ((component.residual_of,) if component.residual_of else ()))
     stopwatch = _Stopwatch(device)
-    handles = []
-    for path in paths:
-        module = modules.get(path)
-        if module is None:
-            continue
-        handles.append(module.register_forward_pre_hook(stopwatch.pre_hook(path)))
-        handles.append(module.register_forward_hook(stopwatch.post_hook(path)))
     height, width = input_size
-    x = torch.randn(settings.batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
+    x = example_input(model, (height, width), settings.batch, device, random=True).contiguous(memory_format=memory_format)
     recorded_steps = settings.steps * settings.repeats
-    try:
-        with benchmark_context(settings, device):
-            for _ in range(settings.warmup):
-                model(x)
-            stopwatch.recording = True
-            for _ in range(recorded_steps):
-                model(x)
-            stopwatch.recording = False
-    finally:
-        for handle in handles:
-            handle.remove()
+    with ModuleTracker(model, paths) as tracker, benchmark_context(settings, device):
+        tracker.on_enter.append(stopwatch.enter)
+        tracker.on_leave.append(stopwatch.leave)
+        for _ in range(settings.warmup):
+            model(x)
+        stopwatch.recording = True
+        for _ in range(recorded_steps):
+            model(x)
+        stopwatch.recording = False
 
     def seconds_per_step(path: str) -> float:
         return stopwatch.seconds(path) / recorded_steps
 
     step = seconds_per_step("")
+    per_path = {path: seconds_per_step(path) for path in paths}
     rows = []
     for component in components:
-        if component.residual_of is not None:
-            seconds = seconds_per_step(component.residual_of) - sum(seconds_per_step(c) for c in component.children)
-        else:
-            seconds = sum(seconds_per_step(m) for m in component.modules)
+        seconds = component_total(component, per_path)
         flops_share = share_of.get(id(component), float("nan"))
         time_share = 100.0 * seconds / step if step else float("nan")
         rows.append({

@@ -372,16 +372,20 @@ class MSCSANet(nn.Module):
             raise ConfigError(f"attn_impl={impl!r} is unknown: choose 'sdpa' or 'explicit'")
         self.mscsa.set_attn_impl(impl)
 
-    def summary(self, input_size: tuple[int, int] = (224, 224)) -> dict[str, Any]:
-        """Architecture facts a user wants before profiling: stages, widths, token counts per scale."""
+    def summary(self, input_size: tuple[int, int] = (224, 224),
+                stage_sizes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+        """Architecture facts a user wants before profiling: stages, widths, token counts per scale.
+        ``stage_sizes``: the four stage map sizes at ``input_size`` when the caller has observed them
+        (``analysis.observe``); otherwise one backbone pass finds them."""
         from mscsa_lab.models.mscsa import pooled_size, scale_sizes
 
         height, width = input_size
-        with torch.no_grad():
-            was_training = self.training
-            self.eval()
-            stage_sizes = [tuple(f.shape[-2:]) for f in self.backbone(torch.zeros(1, self.in_chans, height, width))]
-            self.train(was_training)
+        if stage_sizes is None:
+            with torch.no_grad():
+                was_training = self.training
+                self.eval()
+                stage_sizes = [tuple(f.shape[-2:]) for f in self.backbone(torch.zeros(1, self.in_chans, height, width))]
+                self.train(was_training)
         grid = pooled_size(stage_sizes, self.mscsa.aggregation.pool_stride)
         scales = scale_sizes(*grid, strategy=self.config.downsample, use_msp=self.config.use_msp)
         count = lambda module: sum(p.numel() for p in module.parameters()) if module is not None else 0  # noqa: E731

@@ -654,15 +654,19 @@ class TopFormerSegMSCSA(nn.Module):
     def set_attn_impl(self, impl: str) -> None:
         self.mscsa.set_attn_impl(impl)
 
-    def summary(self, input_size: Tuple[int, int] = (512, 512)) -> dict[str, Any]:
+    def summary(self, input_size: Tuple[int, int] = (512, 512),
+                stage_sizes: Optional[List[Tuple[int, int]]] = None) -> dict[str, Any]:
         """Token map sizes and widths, which stages receive an injection, the MSCSA grid and key
-        scales, the logits' size and parameters per part."""
+        scales, the logits' size and parameters per part. ``stage_sizes``: the token map sizes when the
+        caller has observed them (``analysis.observe``); otherwise one token-pyramid pass finds them."""
         height, width = input_size
-        with torch.no_grad():
-            was_training = self.training
-            self.eval()
-            sizes = [tuple(t.shape[-2:]) for t in self.tpm(torch.zeros(1, self.in_chans, height, width))]
-            self.train(was_training)
+        sizes = stage_sizes
+        if sizes is None:
+            with torch.no_grad():
+                was_training = self.training
+                self.eval()
+                sizes = [tuple(t.shape[-2:]) for t in self.tpm(torch.zeros(1, self.in_chans, height, width))]
+                self.train(was_training)
         grid = pooled_size(sizes, self.mscsa.aggregation.pool_stride)
         scales = scale_sizes(*grid, strategy=self.config.downsample, use_msp=self.config.use_msp)
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
