@@ -48,12 +48,12 @@ def run_app_main(monkeypatch):
             return self
 
         def launch(self, **kwargs):
-            seen.clear()
             seen.update(kwargs)
 
-    monkeypatch.setattr(mscsa_app, "make_app", lambda: FakeBlocks())
+    monkeypatch.setattr(mscsa_app, "make_app", lambda context=None: seen.update(context=context) or FakeBlocks())
 
     def run(argv):
+        seen.clear()
         mscsa_app.main(argv)
         return seen
 
@@ -61,14 +61,19 @@ def run_app_main(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def app_context(tmp_path_factory):
+    """The context of the module's app: its own runs folder, cache and limits."""
+    from webapp.context import AppContext
+
+    return AppContext(runs_dir=tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def app_url(app_context):
     """The whole app launched on a free localhost port for the module's tests (runs go to a temp folder)."""
     import app as mscsa_app
-    from webapp import training
 
-    training.set_runs_dir(tmp_path_factory.mktemp("runs"))
-
-    demo = mscsa_app.make_app()
+    demo = mscsa_app.make_app(app_context)
     demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                         **mscsa_app.LAUNCH_OPTIONS)
     try:

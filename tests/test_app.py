@@ -1,4 +1,5 @@
-"""Each tab's functions through gradio_client against the launched app."""
+"""Each tab's functions through gradio_client against the launched app. Every route returns the tab's status
+line first, then its results."""
 from pathlib import Path
 
 import json
@@ -7,8 +8,10 @@ import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 
-from webapp import handlers
 from mscsa_lab.io.export import read_table
+from webapp.forms import build_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
 
@@ -20,12 +23,15 @@ def client(app_url):
 
 BUILD_DEFAULTS = dict(profile="pvt_v2_b1", backbone="", task="classification", height=224, width=224, depth="",
                       num_heads="", key_dim="", mlp_ratio="", squeeze="", use_pcp=True, use_intra_ffn=True,
-                      use_msp=True, downsample="dwconv")
+                      use_msp=True, downsample="dwconv", num_classes="1000", pretrained=False, weights=None)
 
 
 def call_build(client, **changes):
+    """The Build route's results after its status line: (summary, stages, scales, params, diagram, files)."""
     args = {**BUILD_DEFAULTS, **changes}
-    return client.predict(*args.values(), api_name="/build")
+    status, *results = client.predict(*args.values(), api_name="/build")
+    assert status.startswith("Built ")
+    return results
 
 
 def test_build_tab_shows_architecture(client):
@@ -57,7 +63,8 @@ def test_build_tab_custom_backbone_and_bad_input(client):
 
 def test_profile_tab_uses_the_built_model_and_offers_every_format(client):
     call_build(client, profile="pvt_v2_b0")
-    title, table, plot, files, notes = client.predict("mac", 1, False, 1, False, api_name="/profile")
+    status, title, table, plot, files, notes = client.predict("mac", 1, False, 1, False, api_name="/profile")
+    assert status.startswith("Profiled pvt_v2_b0 + MSCSA in ")
     assert "pvt_v2_b0 + MSCSA (classification, 224x224)" in title
     components = [row[0] for row in table["data"]]
     assert "CSA 1 (block 1)" in components and "attention matmuls" in components
@@ -74,7 +81,7 @@ def test_profile_tab_uses_the_built_model_and_offers_every_format(client):
 
 def test_profile_tab_memory_beside_flops(client):
     call_build(client, backbone="resnet18", height=64, width=64)
-    title, table, plot, files, notes = client.predict("mac", 0, True, 4, True, api_name="/profile")
+    status, title, table, plot, files, notes = client.predict("mac", 0, True, 4, True, api_name="/profile")
     assert "memory at batch 4 (training step, AdamW)" in title
     row = dict(zip(table["headers"], next(r for r in table["data"] if r[0] == "backbone")))
     assert float(row["Activations MiB"]) > 0 and float(row["Training MiB"]) > float(row["Param MiB"])
@@ -84,7 +91,8 @@ def test_profile_tab_memory_beside_flops(client):
 
 
 def test_budget_helper(client):
-    message, settings, candidates = client.predict("pvt_v2_b0", 10, 224, 224, "classification", api_name="/budget")
+    status, message, settings, candidates = client.predict("pvt_v2_b0", 10, 224, 224, "classification", api_name="/budget")
+    assert status.startswith("Searched ")
     assert "chose squeeze ratio" in message and '"squeeze_ratio"' in settings
     chosen = json.loads(settings)
     profile, backbone, depth, heads, key_dim, mlp, squeeze, note = client.predict("pvt_v2_b0", settings,
@@ -99,8 +107,9 @@ def test_budget_helper(client):
 
 
 def test_benchmark_tab_on_the_cpu(client):
-    note, table, plot, latency, latency_plot, files = client.predict(
+    status, note, table, plot, latency, latency_plot, files = client.predict(
         ["resnet18"], "cpu", "fp32", 1, False, 1, 2, 64, "resnet18", False, 5, api_name="/benchmark")
+    assert status.startswith("Benchmarked 1 model(s) in ")
     assert "Throughput with and without MSCSA (classification, 64x64" in note and "batch 1" in note
     assert "Warnings" in note  # two rounds cannot give a 95% interval: said, not hidden
     row = dict(zip(table["headers"], table["data"][0]))
@@ -117,16 +126,17 @@ def test_benchmark_tab_on_the_cpu(client):
     # a timm name typed in, and the Build tab's own (custom) model
     call_build(client, backbone="resnet10t", depth="2", height=64, width=64)
     note, table = client.predict(["resnet18"], "cpu", "fp32", 1, False, 1, 2, 64, "", True, 5,
-                                 api_name="/benchmark")[:2]
+                                 api_name="/benchmark")[1:3]
     assert [r[0] for r in table["data"]] == ["ResNet-18", "resnet10t (depth 2)"]
 
 
 def test_saliency_tab_with_the_demo_model(client):
-    grid, prediction, mass, heads, maps = client.predict(
+    status, grid, prediction, mass, heads, maps = client.predict(
         handle_file(str(SAMPLE)), "gradcam", ["key", "value"], 0, 1, "top-1", "pad", "demo", None, api_name="/saliency")
+    assert status.startswith("Rendered gradcam maps for demo in ")
     assert Path(grid).stat().st_size > 10_000 and "Prediction: star" in prediction
     assert Path(maps).suffix == ".npz"
-    grid, prediction, mass, heads, maps = client.predict(
+    status, grid, prediction, mass, heads, maps = client.predict(
         handle_file(str(SAMPLE)), "attention", ["key"], 0, 2, "top-1", "crop", "demo", None, api_name="/saliency")
     assert heads is not None and mass is not None
 
@@ -155,8 +165,9 @@ def test_saliency_tab_bad_inputs(client, tmp_path):
 
 
 def test_compare_tab_downloads(client):
-    title, table, plot, files, notes = client.predict(["pvt_v2_b0"], 224, 224, "classification", "mac", False, False,
-                                                      api_name="/compare")
+    status, title, table, plot, files, notes = client.predict(["pvt_v2_b0"], 224, 224, "classification", "mac", False,
+                                                              False, api_name="/compare")
+    assert status.startswith("Compared 1 model(s) in ")
     assert "Backbones with and without MSCSA (classification, 224x224)" in title
     row = dict(zip(table["headers"], table["data"][0]))
     assert row["Model"] == "PVTv2-B0" and row["Paper FLOPs (G)"] == "0.570"
@@ -170,10 +181,10 @@ def test_pinned_configurations_side_by_side_with_fps(client):
     """Two configurations of one backbone pinned in Build, compared side by side with measured FPS."""
     for depth in ("1", "2"):
         call_build(client, backbone="resnet10t", depth=depth, height=64, width=64)
-        note = client.predict(api_name="/pin")
-    assert "resnet10t (depth 1)" in note and "resnet10t (depth 2)" in note
-    title, table, plot, files, notes = client.predict([], 64, 64, "classification", "mac", True, True,
-                                                      api_name="/compare")
+        note, status = client.predict(api_name="/pin")
+    assert "resnet10t (depth 1)" in note and "resnet10t (depth 2)" in note and status.startswith("Pinned ")
+    status, title, table, plot, files, notes = client.predict([], 64, 64, "classification", "mac", True, True,
+                                                              api_name="/compare")
     rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
     assert list(rows) == ["resnet10t (depth 1)", "resnet10t (depth 2)"]
     assert float(rows["resnet10t (depth 2)"]["+MSCSA FLOPs (G)"]) > float(rows["resnet10t (depth 1)"]["+MSCSA FLOPs (G)"])
@@ -192,26 +203,25 @@ def test_listens_on_localhost_by_default(run_app_main):
     assert seen["server_name"] == "0.0.0.0"
 
 
-def test_workflow_forms_reject_fractions():
+def test_forms_reject_fractions_and_blank_numbers(app_context):
     with pytest.raises(ValueError, match="depth must be a whole number"):
-        handlers.ModelForm(depth=1.5).settings()
+        build_spec(dict(profile="pvt_v2_b1", depth="1.5"))
+    from webapp.tabs.benchmark import benchmark_request
 
-
-def test_workflow_messages_for_blank_and_unknown_values(tmp_path):
     with pytest.raises(ValueError, match="batch is empty"):
-        handlers.benchmark_action(["resnet18"], "cpu", "fp32", None, False, 1, 1, 64)
-    with pytest.raises(ValueError, match="target class 'zebra' is neither a class name"):
-        handlers.saliency_action(str(SAMPLE), "gradxact", ["key"], target="zebra")
+        benchmark_request(app_context, ["resnet18"], "cpu", "fp32", None, False, 1, 1, 64, None, False, 5, None)
 
 
-def test_output_folders_older_than_an_hour_are_removed():
+def test_output_folders_older_than_an_hour_are_removed(app_context):
     import os
     import time
 
-    old = handlers.output_dir("old")
-    stale = time.time() - 2 * handlers.OUTPUT_MAX_AGE_S
+    from webapp.context import OUTPUT_MAX_AGE_S
+
+    old = app_context.output_dir("old")
+    stale = time.time() - 2 * OUTPUT_MAX_AGE_S
     os.utime(old, (stale, stale))
-    fresh = handlers.output_dir("new")
+    fresh = app_context.output_dir("new")
     assert fresh.is_dir() and not old.exists()
 
 

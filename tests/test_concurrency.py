@@ -2,6 +2,7 @@
 within seconds, requests never share a mutable model, and the model cache is bounded by memory."""
 import time
 
+import pytest
 from gradio_client import Client
 from gradio_client.utils import Status
 
@@ -16,6 +17,8 @@ def _process_cpu_share(seconds: float) -> float:
     return (time.process_time() - start_cpu) / (time.perf_counter() - start)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_cancelling_a_benchmark_stops_the_work(app_url):
     client = Client(app_url, verbose=False)
     job = client.submit(*LONG_BENCHMARK, api_name="/benchmark")
@@ -43,6 +46,8 @@ def _wait_for(job, codes: tuple[Status, ...], seconds: float):
     return status
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_second_benchmark_waits_in_the_queue_with_its_position(app_url):
     """Benchmarks run one at a time (they would time each other): a second one queues, its client is
     told its place in line (what the page shows as 'queue: 1/1'), and it starts when the first is
@@ -69,7 +74,7 @@ def test_an_abandoned_job_is_stopped_by_the_watchdog():
     deliver) stops its work once nobody has asked for an update for ``orphan_s`` seconds."""
     import threading
 
-    import app
+    from webapp.actions import cancellable
 
     started, stopped = threading.Event(), threading.Event()
 
@@ -80,7 +85,7 @@ def test_an_abandoned_job_is_stopped_by_the_watchdog():
         stopped.set()
         return "done"
 
-    job = app._cancellable(work, lambda fraction, desc=None: None, poll_s=0.1, orphan_s=1.0)
+    job = cancellable(work, lambda fraction, desc=None: None, poll_s=0.1, orphan_s=1.0)
     assert next(job) is None and not started.is_set()  # nothing runs before Gradio holds the generator
     assert next(job) is None and started.wait(5)
     assert not stopped.wait(0.5)  # still wanted: still running
@@ -91,7 +96,7 @@ def test_an_abandoned_job_is_stopped_by_the_watchdog():
 def test_model_cache_is_bounded_by_memory_not_count():
     from torch import nn
 
-    from webapp.cache import ModelCache, model_bytes
+    from mscsa_lab.workflows.store import ModelCache, model_bytes
 
     small = lambda: nn.Linear(256, 256)  # noqa: E731 - 257 KiB each
     big = lambda: nn.Linear(1024, 1024)  # noqa: E731 - 4 MiB
@@ -108,10 +113,5 @@ def test_model_cache_is_bounded_by_memory_not_count():
 
 
 def test_app_flag_sets_the_cache_budget(run_app_main):
-    from webapp import handlers
-
-    try:
-        run_app_main(["--cache-mb", "64"])
-        assert handlers.MODEL_CACHE.budget_bytes == 64 * 2**20
-    finally:
-        handlers.set_cache_budget(handlers.DEFAULT_CACHE_BYTES)
+    context = run_app_main(["--cache-mb", "64"])["context"]
+    assert context.store.cache.budget_bytes == 64 * 2**20

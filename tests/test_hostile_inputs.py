@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
 from hostile_corpus import PAYLOAD_MARKER, checkpoint_cases, image_cases, write_corpus
-from webapp import handlers
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "assets" / "samples" / "star_large.png"
 CALL_LIMIT_S = 90  # a case slower than this counts as a hang
 BUILD = dict(profile="resnet18", backbone="resnet10t", task="classification", height=64, width=64, depth="",
              num_heads="", key_dim="", mlp_ratio="", squeeze="", use_pcp=True, use_intra_ffn=True, use_msp=True,
-             downsample="dwconv")
+             downsample="dwconv", num_classes="1000", pretrained=False, weights=None)
 TALLY = {"cases": 0, "clear": 0, "stack traces": 0, "hangs": 0}
 
 
@@ -60,8 +61,9 @@ def test_images(client, tmp_path):
 
 def test_checkpoints_never_run_code(client, tmp_path):
     marker = tmp_path / PAYLOAD_MARKER
-    form = handlers.ModelForm(profile=BUILD["profile"], backbone=BUILD["backbone"], height=64, width=64)
-    state = form.build().state_dict()
+    from webapp.forms import build_spec
+
+    state = build_spec(dict(profile=BUILD["profile"], backbone=BUILD["backbone"], height=64, width=64)).build().state_dict()
     client.predict(*BUILD.values(), api_name="/build")
     for case, path in write_corpus(tmp_path / "checkpoints", checkpoint_cases(marker, state)):
         message, seconds = outcome(lambda: client.predict(handle_file(str(SAMPLE)), "norm", ["key"], 0, 1, "top-1",
@@ -110,12 +112,13 @@ OTHER_CASES = [
      r"no CUDA GPU|GPU"),
     ("compare nothing", "/compare", ([], 224, 224, "classification", "mac", False, False), r"pick at least one"),
     ("compare size 5", "/compare", (["resnet18"], 5, 5, "classification", "mac", False, False), r"input height=5"),
-    ("train folder missing", "/train", ("/no/such/folder", "", "resnet10t", "scratch", 1, "", 8, 64, "", False, ""),
+    ("train folder missing", "/train", ("/no/such/folder", "", "resnet10t", "scratch", 1, "", 8, 64, "", False, "",
+                                        False, None),
      r"/no/such/folder"),
-    ("train lr text", "/train", ("synthetic", "", "resnet10t", "scratch", 1, "", 8, 64, "fast", False, ""),
-     r"learning rate must be a number"),
+    ("train lr text", "/train", ("synthetic", "", "resnet10t", "scratch", 1, "", 8, 64, "fast", False, "", False,
+                                 None), r"learning rate must be a number"),
     ("train run name traversal", "/train", ("synthetic", "", "resnet10t", "scratch", 1, "2", 8, 64, "", False,
-                                             "../../escape"), r"run name"),
+                                             "../../escape", False, None), r"run name"),
     ("ablation seeds text", "/ablate", ("demo", "4", "zero", "synthetic", 2, 4, 64, False), r"seeds must be whole"),
 ]
 
@@ -147,6 +150,6 @@ def test_file_routes_do_not_serve_outside_files(app_url, route):
 
 
 def test_app_is_alive_and_report(client):
-    assert "resnet10t + MSCSA" in client.predict(*BUILD.values(), api_name="/build")[0]
+    assert "resnet10t + MSCSA" in client.predict(*BUILD.values(), api_name="/build")[1]
     print(f"\nhostile-input corpus: {TALLY}")
     assert TALLY["stack traces"] == 0 and TALLY["hangs"] == 0

@@ -5,15 +5,8 @@ import time
 import pytest
 from gradio_client import Client
 
-from mscsa_lab.analysis.cost import (
-    CostEstimate,
-    ResourceError,
-    ResourceLimits,
-    available_memory_bytes,
-    check_fits,
-    estimate_cost,
-)
-from webapp import handlers
+from mscsa_lab.analysis.cost import CostEstimate, available_memory_bytes, estimate_cost
+from mscsa_lab.workflows.limits import ResourceError, ResourceLimits, check_fits
 
 HUGE = dict(depth=24, num_heads=64, key_dim=512, mlp_ratio=16, squeeze_ratio=0.25)
 
@@ -53,13 +46,8 @@ def test_limits_name_the_flag_that_raises_them():
 
 
 def test_app_flags_set_the_limits(run_app_main):
-    before = handlers.limits()
-    try:
-        run_app_main(["--max-batch", "1024", "--max-side", "4096", "--memory-fraction", "0.9"])
-        assert (handlers.limits().max_batch, handlers.limits().max_side, handlers.limits().memory_fraction) == \
-            (1024, 4096, 0.9)
-    finally:
-        handlers.set_limits(before)
+    limits = run_app_main(["--max-batch", "1024", "--max-side", "4096", "--memory-fraction", "0.9"])["context"].limits
+    assert (limits.max_batch, limits.max_side, limits.memory_fraction) == (1024, 4096, 0.9)
 
 
 def _rss_mb() -> float:
@@ -75,9 +63,12 @@ def client(app_url):
 
 
 BUILD = dict(profile="resnet18", backbone="", task="classification", height=224, width=224, depth="", num_heads="",
-             key_dim="", mlp_ratio="", squeeze="", use_pcp=True, use_intra_ffn=True, use_msp=True, downsample="dwconv")
+             key_dim="", mlp_ratio="", squeeze="", use_pcp=True, use_intra_ffn=True, use_msp=True, downsample="dwconv",
+             num_classes="1000", pretrained=False, weights=None)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_requests_that_would_exhaust_memory_are_refused_through_the_app(client):
     """The cases that used to pass 9 GB: each refused with its numbers, the process barely grows."""
     rss = _rss_mb()
@@ -97,32 +88,31 @@ def test_requests_that_would_exhaust_memory_are_refused_through_the_app(client):
     with pytest.raises(Exception, match="models to compare 9 is above this server's limit of 8"):
         client.predict(["resnet18"] * 9, 224, 224, "classification", "mac", False, False, api_name="/compare")
     with pytest.raises(Exception, match="epochs 1000 is above this server's limit of 100"):
-        client.predict("synthetic", "", "resnet10t", "scratch", 1000, "", 8, 64, "", False, "", api_name="/train")
+        client.predict("synthetic", "", "resnet10t", "scratch", 1000, "", 8, 64, "", False, "", False, None,
+                       api_name="/train")
     assert time.perf_counter() - started < 120
     assert _rss_mb() - rss < 500  # nothing was built
-    assert "resnet18 + MSCSA" in client.predict(*BUILD.values(), api_name="/build")[0]  # still serving
+    assert "resnet18 + MSCSA" in client.predict(*BUILD.values(), api_name="/build")[1]  # still serving
 
 
+@pytest.mark.slow
 def test_training_is_refused_without_disk_and_stops_at_its_time_limit(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    from webapp import training
+    from webapp.context import AppContext
+    from webapp.tabs.train import train_job
 
     fields = dict(data="synthetic", backbone="resnet10t", mode="scratch", epochs=50, batch_size=8, img_size=32,
                   synthetic_train=64, synthetic_val=16, workers=0, device="cpu")
-    before = training.runs_dir()
-    training.set_runs_dir(tmp_path / "runs")
-    try:
-        usage = namedtuple("usage", "total used free")
-        real = shutil.disk_usage
-        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10 * 2**20))
-        with pytest.raises(ResourceError, match=r"writes about .* of checkpoints, but the runs folder .* has 10.0 MiB free"):
-            next(training.train_job(fields, "no-space"))
-        monkeypatch.setattr(shutil, "disk_usage", real)
-        started = time.perf_counter()
-        *_, last = training.train_job(fields, "timed", max_minutes=0.05)  # 3 s for a run of 50 epochs
-        assert "stopped" in last[0] and time.perf_counter() - started < 60
-        assert (tmp_path / "runs" / "timed" / "last" / "state.pt").is_file()  # stopped cleanly: resumable
-    finally:
-        training.set_runs_dir(before)
+    context = AppContext(runs_dir=tmp_path / "runs")
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10 * 2**20))
+    with pytest.raises(ResourceError, match=r"writes about .* of checkpoints, but .* has 10.0 MiB free"):
+        next(train_job(context, fields, "no-space"))
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    started = time.perf_counter()
+    *_, last = train_job(context, fields, "timed", max_minutes=0.05)  # 3 s for a run of 50 epochs
+    assert "stopped" in last[0] and time.perf_counter() - started < 60
+    assert (tmp_path / "runs" / "timed" / "last" / "state.pt").is_file()  # stopped cleanly: resumable

@@ -248,7 +248,7 @@ def _touch(path):
 
 
 def test_preprocessing_follows_the_backbones_timm_config():
-    from webapp.handlers import preprocessing_for
+    from mscsa_lab.workflows.sources import preprocessing_for
 
     model = create_mscsa_model(backbone="resnet18", config=dict(squeeze_ratio=0.25, num_heads=2, key_dim=8))
     import timm

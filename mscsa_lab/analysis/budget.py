@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -18,6 +18,7 @@ from mscsa_lab.models.config import ConfigError, MSCSAConfig
 from mscsa_lab.analysis.flops import flop_analysis
 from mscsa_lab.models.backbones import StageFeatures, create_timm_model
 from mscsa_lab.models.mscsa_net import MSCSAAddOn
+from mscsa_lab.stopping import Cancelled, StopFlag, should_stop
 
 __all__ = ["BudgetResult", "fit_flops_budget", "SQUEEZE_GRID"]
 
@@ -65,11 +66,14 @@ def fit_flops_budget(
     input_size: tuple[int, int] = (224, 224),
     task: str = "classification",
     num_classes: int = 1000,
+    progress: Callable[[float, str], None] | None = None,
+    stop: StopFlag = None,
     **settings: Any,
 ) -> BudgetResult:
     """The configuration whose added FLOPs come closest to ``cap`` x backbone FLOPs without
     passing it: squeeze ratio first (keeping the profile's heads and head dim), and only if no
-    ratio fits, smaller head dims and then fewer heads."""
+    ratio fits, smaller head dims and then fewer heads. ``progress(fraction, message)`` hears after
+    every count; ``stop`` ends the search (``Cancelled``) between counts."""
     if not isinstance(cap, (int, float)) or not 0 < cap <= 10:
         raise ConfigError(f"cap={cap!r} must be a fraction of the backbone's FLOPs in (0, 10], e.g. 0.1 for 10%")
     height, width = parse_input_size(*input_size)
@@ -80,6 +84,14 @@ def fit_flops_budget(
         backbone, baseline_name, base = label, label, MSCSAConfig()
     if settings:
         base = base.replace(**settings)
+
+    def report(message: str, fraction: float) -> None:
+        if should_stop(stop):
+            raise Cancelled("the budget search was cancelled")
+        if progress is not None:
+            progress(min(fraction, 1.0), message)
+
+    report(f"{backbone}: counting the backbone's FLOPs", 0.0)
     x = torch.zeros(1, 3, height, width)
     features_model = StageFeatures(backbone, img_size=(height, width)).eval()
     if task == "dense":
@@ -87,45 +99,60 @@ def fit_flops_budget(
     else:
         baseline = create_timm_model(baseline_name, (height, width), num_classes=num_classes)
     backbone_flops = flop_analysis(baseline, x).total()
-    features_flops = flop_analysis(features_model, x).total()
+    features_flops = backbone_flops if baseline is features_model else flop_analysis(features_model, x).total()
     with torch.no_grad():
         stage_maps = tuple(features_model(x))
     channels = features_model.channels
     limit = cap * backbone_flops
 
     tried: list[dict[str, Any]] = []
+    counted: dict[tuple[int, int, Fraction | None], tuple[int, MSCSAConfig] | None] = {}
+    pairs = _head_dim_candidates(base.num_heads, base.key_dim)
+    numeric_ratios = [r for r in SQUEEZE_GRID if r is not None]
+    # At most: the smallest overall, then per pair its smallest, "none" and a bisection of the ratios.
+    expected = 2 + len(pairs) * (2 + max(1, len(numeric_ratios).bit_length()))
 
     def added_flops(heads: int, key_dim: int, ratio: Fraction | None) -> tuple[int, MSCSAConfig] | None:
+        key = (heads, key_dim, ratio)
+        if key in counted:
+            return counted[key]
         config = base.replace(num_heads=heads, key_dim=key_dim, squeeze_ratio=None if ratio is None else float(ratio))
         if min(config.squeezed_channels(channels)) < 1:
+            counted[key] = None
             return None
         addon = MSCSAAddOn(channels, config, task, num_classes).eval()
         added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
         tried.append(dict(heads=heads, key_dim=key_dim, squeeze_ratio=_ratio_text(ratio), added_gflops=added / 1e9,
                           share_pct=100 * added / backbone_flops, fits=added <= limit))
-        return added, config
+        counted[key] = (added, config)
+        report(f"{backbone}: {heads} heads x {key_dim}, squeeze {_ratio_text(ratio)} adds "
+               f"{100 * added / backbone_flops:.1f}%", len(tried) / expected)
+        return counted[key]
+
+    def fits(result: tuple[int, MSCSAConfig] | None) -> bool:
+        return result is not None and result[0] <= limit
 
     # FLOPs grow with the squeeze ratio, the heads and the head dim, so: if the smallest setting of
-    # a (heads, d) pair does not fit, none of that pair does; going down the ratios, the first that
-    # fits is the closest to the cap. "none" (no squeeze conv) is tried on its own.
+    # a (heads, d) pair does not fit, none of that pair does; down the ratios, the first that fits is
+    # the closest to the cap, found by bisection. "none" (no squeeze conv) is tried on its own.
     chosen: tuple[int, MSCSAConfig] | None = None
-    pairs = _head_dim_candidates(base.num_heads, base.key_dim)
-    numeric_ratios = [r for r in SQUEEZE_GRID if r is not None]
-    smallest_overall = added_flops(*pairs[-1], numeric_ratios[-1])
-    if smallest_overall is not None and smallest_overall[0] <= limit:
+    if fits(added_flops(*pairs[-1], numeric_ratios[-1])):
         for heads, key_dim in pairs:
             smallest = added_flops(heads, key_dim, numeric_ratios[-1])
-            if smallest is None or smallest[0] > limit:
+            if not fits(smallest):
                 continue
-            fitting = [r for r in (added_flops(heads, key_dim, None),) if r is not None and r[0] <= limit]
-            for ratio in numeric_ratios[:-1]:
-                result = added_flops(heads, key_dim, ratio)
-                if result is not None and result[0] <= limit:
-                    fitting.append(result)
-                    break
-            fitting.append(smallest)
-            chosen = max(fitting, key=lambda item: item[0])
+            fitting = [smallest] + [r for r in (added_flops(heads, key_dim, None),) if fits(r)]
+            low, high = 0, len(numeric_ratios) - 1  # ratios[high] fits; find the first (largest) that fits
+            while low < high:
+                middle = (low + high) // 2
+                if fits(added_flops(heads, key_dim, numeric_ratios[middle])):
+                    high = middle
+                else:
+                    low = middle + 1
+            fitting.append(added_flops(heads, key_dim, numeric_ratios[high]))
+            chosen = max((r for r in fitting if r is not None), key=lambda item: item[0])
             break
+    report(f"{backbone}: done after {len(tried)} counts", 1.0)
 
     candidates = pd.DataFrame(tried)
     if not tried:

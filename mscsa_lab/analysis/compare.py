@@ -43,10 +43,13 @@ class Configuration:
         return dict(self.settings)
 
 
-def as_configuration(item: "str | Profile | Configuration", **settings: Any) -> Configuration:
-    """A name (with the comparison's shared settings) or a ready configuration."""
+def as_configuration(item: Any, **settings: Any) -> Configuration:
+    """A name (with the comparison's shared settings), a ready configuration, or a ``workflows.ModelSpec``
+    (its own label and settings)."""
     if isinstance(item, Configuration):
         return item
+    if hasattr(item, "settings") and hasattr(item, "label") and hasattr(item, "backbone"):  # a ModelSpec
+        return Configuration(label=item.label, name=item.profile or item.backbone, settings=tuple(item.settings))
     name = getattr(item, "name", item)
     return Configuration(label="", name=str(name), settings=tuple(sorted(settings.items())))
 

@@ -1,76 +1,26 @@
-"""What a request will cost, known before it runs, and the limits a shared server puts on it.
+"""What a request will cost, known before it runs, and how much memory is free for it.
 
-A long-running app must refuse work that will not fit instead of finding out by running out of
-memory: a form that allows depth 24, 64 heads of dimension 512 and MLP ratio 16 describes an
-88-billion-parameter model. ``estimate_cost`` builds the requested model on PyTorch's meta device
-(shapes without storage: milliseconds, no memory) and runs ``analysis.memory`` on it, which gives
-the parameters and the activation memory at the requested batch without allocating either;
-``check_fits`` compares that with the memory this machine has free and raises ``ResourceError``
-with the numbers in the message. ``ResourceLimits`` holds the caps on what one request may ask for
-(input side, batch, timed steps, rounds, models per comparison, training length); the app takes
-them from its command-line flags, so a user on a big machine can raise them.
+A form that allows depth 24, 64 heads of dimension 512 and MLP ratio 16 describes an
+88-billion-parameter model. ``unit_cost`` takes the requested model built on PyTorch's meta device
+(shapes without storage, no memory) and runs ``analysis.memory`` on it once at batch 1, which gives
+the parameters and the activation memory without allocating either; ``cost_at_batch`` scales that to
+any batch. ``available_memory_bytes`` says what this machine (its container too) has free. What one
+request may use is policy, not measurement: ``workflows.limits`` (``ResourceLimits``, ``check_fits``).
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mscsa_lab.io.numbers import human_bytes, human_count
-from mscsa_lab.errors import UserError
 
-__all__ = ["ResourceLimits", "ResourceError", "CostEstimate", "estimate_cost", "available_memory_bytes",
-           "check_fits", "DEFAULT_LIMITS", "meta_model"]
-
-
-class ResourceError(UserError, ValueError):
-    """A request larger than this server allows or than its free memory holds; the message has the numbers."""
-
-
-@dataclass(frozen=True)
-class ResourceLimits:
-    """Caps on one request. Each has an app flag (``--max-side`` ...) for a user on a bigger machine."""
-
-    max_side: int = 2048  # input height or width, pixels
-    max_batch: int = 256
-    max_steps: int = 1000  # forward passes per timed block
-    max_repeats: int = 200  # timed rounds
-    max_models: int = 8  # backbones or configurations per comparison or benchmark
-    max_epochs: int = 100
-    max_train_steps: int = 100_000
-    max_train_minutes: float = 240.0  # a training run stops cleanly (checkpoint kept) at this time
-    max_params: int = 1_000_000_000  # one model
-    memory_fraction: float = 0.6  # of the memory free when the request arrives
-
-    def validate(self) -> "ResourceLimits":
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"limit {item.name} must be a positive number, got {value!r}")
-        if self.memory_fraction > 1:
-            raise ValueError(f"memory_fraction must be at most 1, got {self.memory_fraction}")
-        return self
-
-    def check_count(self, what: str, value: int, limit_name: str, flag: str | None = None) -> int:
-        """``value`` if within the named cap, else a ``ResourceError`` that names the flag raising it."""
-        limit = getattr(self, limit_name)
-        if value > limit:
-            hint = f" (raise it with the app's --{(flag or limit_name).replace('_', '-')})"
-            raise ResourceError(f"{what} {value} is above this server's limit of {limit}{hint}")
-        return value
-
-    def check_size(self, height: int, width: int) -> tuple[int, int]:
-        if max(height, width) > self.max_side:
-            raise ResourceError(f"input {height}x{width} is above this server's limit of {self.max_side} pixels a side "
-                                "(raise it with the app's --max-side)")
-        return height, width
-
-
-DEFAULT_LIMITS = ResourceLimits()
+__all__ = ["CostEstimate", "UnitCost", "unit_cost", "cost_at_batch", "estimate_cost", "available_memory_bytes",
+           "meta_model"]
 
 
 @dataclass(frozen=True)
@@ -96,17 +46,68 @@ class CostEstimate:
                 f"{human_bytes(self.work_bytes)} of activations = {human_bytes(self.total_bytes)}")
 
 
+@dataclass(frozen=True)
+class UnitCost:
+    """The batch-1 cost of one architecture at one input size, found once on the meta device: what does
+    not grow with the batch (weights, buffers, gradients, optimizer state) apart from what does."""
+
+    label: str
+    input_size: tuple[int, int]
+    training: bool
+    params: int
+    param_bytes: int
+    buffer_bytes: int
+    activation_bytes: float  # every leaf module's output at batch 1
+    largest_call_bytes: float  # the largest input+output of one module call at batch 1
+    saved_bytes: float  # what autograd keeps at batch 1 (training), 0 for inference
+    fixed_training_bytes: float  # gradients + AdamW state (training), 0 for inference
+
+
+# Beyond this many parameters no limit can allow the model: it is not traced (that alone would take minutes).
+_UNTRACEABLE_PARAMS = 10**12
+
+
+def unit_cost(model: Any, label: str, input_size: tuple[int, int], training: bool = False) -> UnitCost:
+    """The ``UnitCost`` of a model built on the meta device (``meta_model``) at ``input_size``."""
+    from mscsa_lab.analysis.memory import memory_profile
+
+    params = sum(p.numel() for p in model.parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    if params > _UNTRACEABLE_PARAMS:
+        nan = float("nan")
+        return UnitCost(label, tuple(input_size), training, params, param_bytes, buffer_bytes, nan, nan, nan, nan)
+    totals = memory_profile(model, tuple(input_size), batch_size=1, training=training).totals
+    fixed = (totals.gradient_bytes + totals.optimizer_state_bytes) if training else 0.0
+    return UnitCost(label, tuple(input_size), training, params, param_bytes, buffer_bytes,
+                    float(totals.activation_bytes), float(totals.largest_call_bytes),
+                    float(totals.saved_bytes) if training else 0.0, float(fixed))
+
+
+def cost_at_batch(unit: UnitCost, batch: int = 1, keeps_activations: bool = False) -> CostEstimate:
+    """``unit`` at ``batch``: activations, the largest call and saved tensors all carry the batch
+    dimension, so they scale with it (per-channel statistics that do not are a few bytes).
+
+    Inference needs the weights plus about twice the largest single module call (its input, its output
+    and a kernel's workspace); a training step needs the weights, gradients, AdamW state, every tensor
+    autograd keeps and that largest call. ``keeps_activations``: the work holds every module's output at
+    once (FLOPs counting traces the whole graph), so all activations count."""
+    if unit.training:
+        work = unit.fixed_training_bytes + batch * (unit.saved_bytes + unit.largest_call_bytes)
+    elif keeps_activations:
+        work = batch * unit.activation_bytes + unit.buffer_bytes
+    else:
+        work = 2.0 * batch * unit.largest_call_bytes + unit.buffer_bytes
+    return CostEstimate(unit.label, unit.input_size, int(batch), unit.training, unit.params, unit.param_bytes,
+                        float(work))
+
+
 def estimate_cost(profile: str | None = None, backbone: str | None = None, task: str = "classification",
                   input_size: tuple[int, int] = (224, 224), batch: int = 1, training: bool = False,
                   num_classes: int = 1000, keeps_activations: bool = False, **settings: Any) -> CostEstimate:
     """The cost of building ``profile``/``backbone`` with ``settings`` and running it at ``batch``,
-    found on the meta device (nothing is allocated; an 88-billion-parameter request costs milliseconds).
-
-    Inference needs the weights plus about twice the largest single module call (its input, its output
-    and a kernel's workspace); a training step needs the weights, gradients, AdamW state and every
-    tensor autograd keeps (``analysis.memory``). ``keeps_activations``: the work holds every module's
-    output at once (FLOPs counting traces the whole graph), so all activations count."""
-    from mscsa_lab.analysis.memory import memory_profile
+    found on the meta device (nothing is allocated; an 88-billion-parameter request costs seconds).
+    ``workflows.ModelSpec.estimate`` is the cached way to the same figures."""
     from mscsa_lab.registry import parse_input_size
 
     height, width = parse_input_size(*input_size)
@@ -114,19 +115,8 @@ def estimate_cost(profile: str | None = None, backbone: str | None = None, task:
     backbone = (backbone or "").strip() or None
     model = meta_model(profile, backbone=backbone, task=task, num_classes=num_classes, img_size=(height, width),
                        **settings)
-    params = sum(p.numel() for p in model.parameters())
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    label = f"{backbone or profile} + MSCSA"
-    if params > DEFAULT_LIMITS.max_params * 1000:  # far beyond any limit: no need to trace it
-        return CostEstimate(label, (height, width), batch, training, params, param_bytes, float("nan"))
-    totals = memory_profile(model, (height, width), batch_size=batch, training=training).totals
-    if training:
-        work = totals.peak_training_bytes - totals.param_bytes - totals.buffer_bytes
-    elif keeps_activations:
-        work = float(totals.activation_bytes) + totals.buffer_bytes
-    else:
-        work = 2.0 * totals.largest_call_bytes + totals.buffer_bytes
-    return CostEstimate(label, (height, width), batch, training, params, param_bytes, float(work))
+    unit = unit_cost(model, f"{backbone or profile} + MSCSA", (height, width), training)
+    return cost_at_batch(unit, batch, keeps_activations)
 
 
 def _cgroup_free_bytes() -> float:
@@ -162,26 +152,6 @@ def available_memory_bytes(device: str | torch.device = "cpu") -> float:
         if hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
             available = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     return min(available, _cgroup_free_bytes())
-
-
-def check_fits(estimate: CostEstimate, limits: ResourceLimits = DEFAULT_LIMITS, copies: int = 1,
-               device: str | torch.device = "cpu", free_bytes: float | None = None) -> CostEstimate:
-    """``estimate`` if it fits, else ``ResourceError`` with the numbers. ``copies``: how many copies of the
-    weights the request holds at once (the app keeps a cached model and works on a copy of it)."""
-    if estimate.params > limits.max_params:
-        raise ResourceError(f"{estimate.label} has {human_count(estimate.params)} parameters, above this server's "
-                            f"limit of {human_count(limits.max_params)} (raise it with the app's --max-params); "
-                            "lower depth, heads, head dim or MLP ratio")
-    free = available_memory_bytes(device) if free_bytes is None else free_bytes
-    allowed = limits.memory_fraction * free
-    needed = copies * estimate.param_bytes + estimate.work_bytes
-    if not math.isfinite(needed) or needed > allowed:
-        raise ResourceError(
-            f"{estimate.describe()}{f' with {copies} copies of the weights' if copies > 1 else ''}: needs about "
-            f"{human_bytes(needed)}, but this server allows one request {human_bytes(allowed)} "
-            f"({100 * limits.memory_fraction:.0f}% of the {human_bytes(free)} free now). "
-            "Lower the batch, the input size or the model's size")
-    return estimate
 
 
 def meta_model(*args: Any, **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ The same rows as the profiler (``components.model_components``), the same engine
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +126,15 @@ class TrafficProfile:
                            {**self.metadata, "flops_convention": convention}, notes)
 
 
+def _at_batch(report: ProfileReport, batch: int) -> ProfileReport:
+    """The same report at another batch: every counted operator's FLOPs are proportional to the batch."""
+    if report.batch == batch:
+        return report
+    scale = lambda flops: flops * batch // report.batch  # noqa: E731 - exact: counts are multiples of the batch
+    return dataclasses.replace(report, batch=batch, total_flops=scale(report.total_flops),
+                               rows=[dataclasses.replace(row, flops=scale(row.flops)) for row in report.rows])
+
+
 def traffic_profile(
     model: MSCSANet,
     input_size: tuple[int, int] = (224, 224),
@@ -136,16 +146,16 @@ def traffic_profile(
     """Bytes moved by one inference forward pass per component, beside the profiler's FLOPs for the
     same rows at the same batch, for arithmetic intensity (FLOPs per byte).
 
-    ``flops_report``: the ``profile_model`` report of this model at this input size and batch, when
-    the caller has it already (the Profile tab does), to skip a second FLOPs trace."""
+    ``flops_report``: the ``profile_model`` report of this model at this input size (any batch: FLOPs
+    are proportional to it), when the caller has it already, to skip a second FLOPs trace."""
     height, width = check_inputs(input_size, batch_size, dtype)
     if flops_report is None:
         report = profile_model(model, (height, width), batch=batch_size, name=name)
-    elif tuple(flops_report.input_size) != (height, width) or flops_report.batch != batch_size:
-        raise MemoryInputError(f"flops_report is for {flops_report.input_size} at batch {flops_report.batch}, not "
-                               f"{(height, width)} at batch {batch_size}: FLOPs must match the traffic's pass")
+    elif tuple(flops_report.input_size) != (height, width):
+        raise MemoryInputError(f"flops_report is for {flops_report.input_size}, not {(height, width)}: FLOPs must "
+                               "match the traffic's pass")
     else:
-        report = flops_report
+        report = _at_batch(flops_report, batch_size)
     working, compute_device = working_copy(model, dtype)
     working.eval()
     components = model_components(working)

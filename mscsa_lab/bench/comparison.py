@@ -151,9 +151,11 @@ def compare_with_fps(
     task: str = "classification",
     convention: str = "mac",
     progress: Callable[[float, str], None] | None = None,
+    stop: StopFlag = None,
 ) -> ResultTable:
     """The Table 6 layout (FLOPs, parameters, the paper beside) with measured FPS: each backbone and
-    its +MSCSA model timed interleaved, dFPS with its 95% interval and the FLOPs-proportional dFPS."""
+    its +MSCSA model timed interleaved, dFPS with its 95% interval and the FLOPs-proportional dFPS.
+    ``stop`` ends the measurement within one timed block (``Cancelled``)."""
     settings = (settings or BenchmarkSettings()).validate()
     size = parse_input_size(*input_size)
     entries = [as_configuration(name) for name in names]
@@ -169,7 +171,7 @@ def compare_with_fps(
             if progress is not None:
                 progress((index + fraction) / len(entries), f"{label}: {message}")
 
-        result = compare_fps({"backbone": base, "+MSCSA": model}, size, settings, progress=report)
+        result = compare_fps({"backbone": base, "+MSCSA": model}, size, settings, progress=report, stop=stop)
         device = result.results["backbone"].device
         interval = result.ratio_interval("+MSCSA")
         pair.fps, pair.fps_mscsa = result.results["backbone"].fps_median, result.results["+MSCSA"].fps_median

@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mscsa_lab.errors import UserError
 from mscsa_lab.io.numbers import DEFAULT_DIGITS, format_cell
 
-__all__ = ["ResultTable", "FORMATS", "format_for_path", "read_table", "metadata_path", "export_stem"]
+__all__ = ["ResultTable", "FORMATS", "format_for_path", "read_table", "metadata_path", "export_stem", "ExportError"]
 
 FORMATS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".json": "json"}
 _META_TAG = "mscsa-lab-metadata:"
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+class ExportError(UserError, ValueError):
+    """A table that cannot be written or read back as asked (unknown format or column, unreadable file)."""
 
 
 def metadata_path(csv_path: str | Path) -> Path:
@@ -59,7 +63,7 @@ def export_stem(kind: str, models: Any = (), task: str | None = None, size: Any 
 def format_for_path(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"cannot tell the format of {str(path)!r}: use one of {sorted(FORMATS)}")
+        raise ExportError(f"cannot tell the format of {str(path)!r}: use one of {sorted(FORMATS)}")
     return FORMATS[suffix]
 
 
@@ -127,7 +131,7 @@ class ResultTable:
         chosen = list(columns) if columns else list(self.paper_columns or self.frame.columns)
         unknown = [c for c in chosen if c not in self.frame.columns]
         if unknown:
-            raise ValueError(f"unknown column(s) {unknown}: this table has {list(self.frame.columns)}")
+            raise ExportError(f"unknown column(s) {unknown}: this table has {list(self.frame.columns)}")
         return chosen
 
     def to_latex(self, digits: int = DEFAULT_DIGITS, columns: list[str] | None = None) -> str:
@@ -171,7 +175,7 @@ class ResultTable:
         writers = dict(csv=self.to_csv, json=self.to_json,
                        markdown=lambda: self.to_markdown(digits), latex=lambda: self.to_latex(digits, columns))
         if fmt not in writers:
-            raise ValueError(f"unknown format {fmt!r}: choose one of {sorted(writers)}")
+            raise ExportError(f"unknown format {fmt!r}: choose one of {sorted(writers)}")
         return writers[fmt]()
 
     def write(self, path: str | Path, digits: int = DEFAULT_DIGITS, columns: list[str] | None = None) -> Path:
@@ -242,9 +246,15 @@ def _read_json(text: str) -> ResultTable:
 def read_table(path: str | Path) -> ResultTable:
     """Parse a table written by ``ResultTable.write`` back (any of the four formats)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    fmt = format_for_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExportError(f"no table at {str(path)!r}: check the path") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExportError(f"cannot read {str(path)!r} as a table: {error}") from None
     readers = dict(csv=lambda text: _read_csv(text, path), markdown=_read_markdown, latex=_read_latex, json=_read_json)
     try:
-        return readers[format_for_path(path)](text)
+        return readers[fmt](text)
     except (ValueError, KeyError, IndexError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(path)!r} is not a table written by MSCSA Lab: {error}") from None
+        raise ExportError(f"{str(path)!r} is not a table written by MSCSA Lab: {error}") from None

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mscsa_lab.io.export import ExportError
+
 __all__ = ["plot_component_breakdown", "plot_comparison", "plot_latency", "plot_throughput", "save_figure",
-           "new_figure", "FIGURE_FORMATS"]
+           "new_figure", "figure_for_table", "FIGURE_FORMATS"]
 
 FIGURE_FORMATS = (".png", ".svg")
 
@@ -27,7 +29,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
 def save_figure(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FIGURE_FORMATS:
-        raise ValueError(f"figures are written as {' or '.join(FIGURE_FORMATS)}, not {path.suffix or 'no suffix'!r}")
+        raise ExportError(f"figures are written as {' or '.join(FIGURE_FORMATS)}, not {path.suffix or 'no suffix'!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150, bbox_inches="tight")
     return path
@@ -147,3 +149,18 @@ def plot_training_curves(points: list[dict], title: str = "") -> Figure:
         figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def figure_for_table(table) -> Figure | None:
+    """The chart that belongs to a saved table (``ResultTable``), told by its columns; None for tables
+    without one (e.g. a training history)."""
+    columns = set(table.frame.columns)
+    if "Time share (%)" in columns:
+        return plot_latency(table.frame, table.title)
+    if {"Component", "FLOPs share (%)", "Level", "Group"} <= columns:
+        return plot_component_breakdown(table.frame, table.title)
+    if {"Model", "FLOPs (G)", "+MSCSA FLOPs (G)"} <= columns:
+        return plot_comparison(table.frame, table.title)
+    if {"Model", "FPS", "+MSCSA FPS", "dFPS (%)"} <= columns:
+        return plot_throughput(table.frame, table.title)
+    return None

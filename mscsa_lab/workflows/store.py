@@ -1,4 +1,4 @@
-"""Built models kept between requests, bounded by the memory their weights take, not by a count.
+"""Built models kept between requests (the app's), bounded by the memory their weights take, not by a count.
 
 Four cached ResNet-18s take 200 MB; four ConvNeXt-XL ones take 5 GB. The cache holds the most
 recently used models whose parameters and buffers together fit ``budget_bytes`` and evicts the least
@@ -15,7 +15,7 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import nn
 
-__all__ = ["ModelCache", "model_bytes"]
+__all__ = ["ModelCache", "ModelStore", "model_bytes", "obtain_model"]
 
 
 def model_bytes(value: Any) -> int:
@@ -70,3 +70,30 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+class ModelStore:
+    """Models by ``ModelSpec``: each request gets its own copy of the cached model (requests run at once,
+    and saliency hooks or benchmarks change the model they use), built once per spec. ``store=None`` in
+    an action means "build a fresh model" (the command line, which serves one request)."""
+
+    def __init__(self, budget_bytes: int = 2 * 2**30) -> None:
+        self.cache = ModelCache(budget_bytes)
+
+    def cached(self, spec: Any) -> Any:
+        """The shared model of ``spec`` (never to be changed by a request)."""
+        return self.cache.get(("spec", spec), spec.build)
+
+    def copy_of(self, spec: Any) -> Any:
+        import copy
+
+        return copy.deepcopy(self.cached(spec))
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """Anything else worth keeping (the demo model, a trained run), under its own key."""
+        return self.cache.get(key, build)
+
+
+def obtain_model(spec: Any, store: "ModelStore | None" = None) -> Any:
+    """A model of ``spec`` that the caller may change: a copy of the stored one, or a fresh build."""
+    return store.copy_of(spec) if store is not None else spec.build()

@@ -1,0 +1,70 @@
+"""What one running app holds, passed to every tab: its limits, its store of built models, its runs
+folder, the folder of files it offers for download, and the last message of each session's tabs.
+
+Nothing here is a module global: ``app.make_app(context)`` builds a page around one ``AppContext``, so
+tests (and several apps in one process) each have their own.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mscsa_lab.workflows.limits import DEFAULT_LIMITS, ResourceLimits
+from mscsa_lab.workflows.store import ModelStore
+from webapp.runs import JobSlot
+
+__all__ = ["AppContext", "DEFAULT_CACHE_BYTES", "OUTPUT_MAX_AGE_S"]
+
+DEFAULT_CACHE_BYTES = 2 * 2**30
+OUTPUT_MAX_AGE_S = 3600
+
+
+@dataclass
+class AppContext:
+    """``limits``: what one request may ask for (the app's --max-* flags); ``store``: built models kept
+    between requests (--cache-mb); ``runs_dir``: where the Train tab writes runs and the Saliency tab finds
+    them (--runs-dir); ``outputs_dir``: downloadable files, removed after ``OUTPUT_MAX_AGE_S``; ``jobs``: the
+    one slot a training run or an ablation study holds."""
+
+    limits: ResourceLimits = DEFAULT_LIMITS.replace(raise_hint="the app's --{flag}")
+    store: ModelStore = field(default_factory=lambda: ModelStore(DEFAULT_CACHE_BYTES))
+    runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("MSCSA_LAB_RUNS") or "runs").resolve())
+    outputs_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "mscsa_lab_outputs")
+    jobs: JobSlot = field(default_factory=JobSlot)
+    _messages: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.runs_dir = Path(self.runs_dir).expanduser().resolve()
+        self.outputs_dir = Path(self.outputs_dir)
+
+    def output_dir(self, prefix: str) -> Path:
+        """A fresh folder for files a user downloads. Folders older than an hour are removed first, so a
+        long-running app does not fill the disk (Gradio keeps its own copies of served files)."""
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for old in self.outputs_dir.iterdir():
+            try:
+                if old.is_dir() and now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}_", dir=self.outputs_dir))
+
+    # ------------------------------------------------------------------ the tabs' last messages
+    def remember(self, session: str, tab: str, message: str) -> None:
+        """The message a tab's status line shows after its action failed (read by ``recall``)."""
+        with self._lock:
+            if len(self._messages) > 10_000:  # sessions come and go: keep the newest
+                for key in list(self._messages)[:5_000]:
+                    del self._messages[key]
+            self._messages[(session, tab)] = message
+
+    def recall(self, session: str, tab: str) -> str:
+        with self._lock:
+            return self._messages.pop((session, tab), "")
