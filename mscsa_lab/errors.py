@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 import traceback
+from typing import Any
 
 __all__ = ["UserError", "report_internal_error", "internal_error_message", "LOGGER_NAME"]
 
@@ -25,12 +26,18 @@ class UserError(Exception):
     """An error the user can fix; ``str(error)`` says what went wrong and what to do."""
 
 
-def report_internal_error(error: BaseException, where: str = "", logger: logging.Logger | None = None) -> str:
-    """Log ``error`` with its full trace and return a reference the user can quote (``E1130-1742-3fa9``)."""
+def report_internal_error(error: BaseException, where: str = "", logger: logging.Logger | None = None,
+                          stream: Any = None) -> str:
+    """Record ``error`` with its full trace and return a reference the user can quote (``E1130-1742-3fa9``):
+    written to ``stream`` (the command line's stderr) when given, else logged (the app's log)."""
     reference = time.strftime("E%m%d-%H%M-") + secrets.token_hex(2)
-    log = logger or logging.getLogger(LOGGER_NAME)
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    log.error("internal error %s%s:\n%s", reference, f" in {where}" if where else "", trace)
+    heading = f"internal error {reference}{f' in {where}' if where else ''}:"
+    if stream is not None:
+        stream.write(f"{heading}\n{trace}")
+        stream.flush()
+    else:
+        (logger or logging.getLogger(LOGGER_NAME)).error("%s\n%s", heading, trace)
     return reference
 
 

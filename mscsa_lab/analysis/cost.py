@@ -77,11 +77,13 @@ def unit_cost(model: Any, label: str, input_size: tuple[int, int], training: boo
     if params > _UNTRACEABLE_PARAMS:
         nan = float("nan")
         return UnitCost(label, tuple(input_size), training, params, param_bytes, buffer_bytes, nan, nan, nan, nan)
-    totals = memory_profile(model, tuple(input_size), batch_size=1, training=training).totals
+    # A training pass runs at batch 2 (BatchNorm needs two values per channel), halved to one image.
+    batch = 2 if training else 1
+    totals = memory_profile(model, tuple(input_size), batch_size=batch, training=training).totals
     fixed = (totals.gradient_bytes + totals.optimizer_state_bytes) if training else 0.0
     return UnitCost(label, tuple(input_size), training, params, param_bytes, buffer_bytes,
-                    float(totals.activation_bytes), float(totals.largest_call_bytes),
-                    float(totals.saved_bytes) if training else 0.0, float(fixed))
+                    float(totals.activation_bytes) / batch, float(totals.largest_call_bytes) / batch,
+                    float(totals.saved_bytes) / batch if training else 0.0, float(fixed))
 
 
 def cost_at_batch(unit: UnitCost, batch: int = 1, keeps_activations: bool = False) -> CostEstimate:

@@ -79,6 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as error:  # noqa: BLE001 - a bug: trace and reference, never advice
-        reference = report_internal_error(error, where=f"mscsa-lab {args.command}")
+        reference = report_internal_error(error, where=f"mscsa-lab {args.command}", stream=sys.stderr)
         print(f"error: {internal_error_message(reference)}", file=sys.stderr)
         return 3

@@ -1,4 +1,4 @@
-"""Commands that count without timing: profiles, profile, compare, budget, export."""
+"""Commands that count without timing: profiles, build, profile, compare, budget, export."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from mscsa_lab.cli.common import (Formatter, add_model_options, add_output_optio
 
 EXAMPLES = """examples:
   mscsa-lab profiles
+  mscsa-lab build pvt_v2_b1 --plot diagram.svg -o stages.md
   mscsa-lab profile pvt_v2_b1 -o table1.csv -o table1.tex --plot table1.png
   mscsa-lab profile efficientnet_b0 --set squeeze_ratio=1/2 --set num_heads=4
   mscsa-lab profile pvt_v2_b1 --memory --training -b 32
@@ -23,6 +24,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     profiles = commands.add_parser("profiles", help="list the Table 7 profiles and whether each can be built here")
     profiles.add_argument("--wide", action="store_true", help="(every column is shown)")
     profiles.set_defaults(func=run_profiles, _parser=profiles)
+
+    build = commands.add_parser("build", help="build one model: stages, key/value scales, parameters and a diagram",
+                                epilog=EXAMPLES, formatter_class=Formatter)
+    build.add_argument("name", nargs="?", help="a Table 7 profile (see 'profiles') or any timm backbone name")
+    build.add_argument("--backbone", help="a timm backbone: alone, or in place of the profile's (keeping its "
+                                          "MSCSA settings)")
+    add_model_options(build)
+    add_output_options(build)
+    build.set_defaults(func=run_build, _parser=build)
 
     profile = commands.add_parser("profile", help="per-component FLOPs and parameters of one model (Table 1)",
                                   epilog=EXAMPLES, formatter_class=Formatter)
@@ -70,6 +80,16 @@ def run_profiles(args: argparse.Namespace) -> int:
 
     args.wide = True
     print_result(profiles_action(), args)
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from mscsa_lab.workflows.build import build_action
+    from mscsa_lab.workflows.result import check_output_paths
+
+    check_output_paths(args.output, args.plot)
+    args.wide = True
+    print_result(build_action(spec_from_args(args), limits=limits_from_args(args)), args)
     return 0
 
 

@@ -154,9 +154,11 @@ class ModelSpec:
 
         base = load_profile(self.profile).config if self.profile else MSCSAConfig()
         changed = []
-        for key, value in self.settings:
-            if getattr(base, key) == getattr(self.config, key):
+        given = self.settings_dict
+        for key in SETTING_NAMES:  # in the configuration's own order: depth, heads, d, MLP, squeeze...
+            if key not in given or getattr(base, key) == getattr(self.config, key):
                 continue
+            value = given[key]
             short = _SHORT.get(key, key)
             if isinstance(value, bool):
                 changed.append(short if value else f"no {short}")
@@ -212,8 +214,9 @@ def _unknown(name: str) -> str:
 
     from mscsa_lab.presets import list_profiles
 
-    stem = str(name).split("_")[0].strip("*?[]")
-    close = timm.list_models(f"*{stem}*")[:8] if stem else []
+    import difflib
+
+    close = difflib.get_close_matches(str(name)[:200], timm.list_models(), n=8, cutoff=0.75)
     hint = f" Similar timm names: {', '.join(close)}." if close else ""
     return (f"unknown timm backbone {str(name)[:200]!r} (and no Table 7 profile has that name).{hint} "
             f"Profiles: {', '.join(p.name for p in list_profiles())}")
