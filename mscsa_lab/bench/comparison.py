@@ -11,6 +11,7 @@ the ``Check`` column as noise rather than printed as a finding.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
 import pandas as pd
@@ -53,6 +54,7 @@ def throughput_comparison(
     rows, notes, warnings, device = [], [], [], ""
     nan = float("nan")
     for index, name in enumerate(names):
+        started = time.perf_counter()  # the time cap covers building and counting too
         entry = as_configuration(name)
         label, profile, base, model = build_pair(entry.name, size, task, **entry.settings_dict)
         label = entry.label or label
@@ -60,12 +62,15 @@ def throughput_comparison(
         models = {"backbone": base, "+MSCSA": model}
         if fast:
             models["+MSCSA fast"] = make_fast(model, channels_last=settings.channels_last)
+        if settings.compile:  # torch.compile'd copies timed beside the eager models, in the same rounds
+            models.update({"backbone compiled": base, "+MSCSA compiled": model})
 
         def report(fraction: float, message: str, index: int = index, label: str = label) -> None:
             if progress is not None:
                 progress((index + fraction) / len(names), f"{label}: {message}")
 
-        result = compare_fps(models, size, settings, progress=report, stop=stop)
+        result = compare_fps(models, size, settings, progress=report, stop=stop, started=started,
+                             compiled=[name for name in models if name.endswith(" compiled")])
         device = result.results["backbone"].device
         for key, fps_result in result.results.items():
             notes += [f"{label} {key}: {note}" for note in fps_result.notes]
@@ -105,6 +110,16 @@ def throughput_comparison(
             "Rounds": result.rounds,
             "Check": "; ".join(checks) if checks else "ok",
         })
+        if settings.compile:
+            compiled = result.pair_interval("+MSCSA compiled", "backbone compiled")
+            rows[-1].update({
+                "Compiled FPS": fps["backbone compiled"], "+MSCSA compiled FPS": fps["+MSCSA compiled"],
+                "dFPS compiled (%)": 100.0 * (compiled.median - 1.0),
+                "dFPS compiled low (%)": 100.0 * (compiled.low - 1.0),
+                "dFPS compiled high (%)": 100.0 * (compiled.high - 1.0),
+                "Compile (s)": result.results["backbone compiled"].compile_s,
+                "+MSCSA compile (s)": result.results["+MSCSA compiled"].compile_s,
+            })
     height, width = size
     rounds = (f"{settings.repeats} to {settings.max_repeats} rounds, until every ratio's 95% interval is within "
               f"+-{100 * settings.target_interval:.1f}% or {settings.max_seconds:.0f} s" if settings.adaptive
@@ -116,7 +131,9 @@ def throughput_comparison(
         "Check: 'ok', or why a row is not a finding (interval too wide, a result that cannot be true, a busy machine).",
         "MSCSA share of runtime = 1 - FPS(+MSCSA) / FPS(backbone), for the fast path when measured.",
         "Paper dFPS: Table 6 of Shang et al. (2023), one NVIDIA A100.",
-    ] + [f"warning: {w}" for w in warnings] + notes
+    ] + (["Compiled: torch.compile'd copies of the same models, timed in the same rounds; compile time (the "
+          "first call) is reported apart and is not in the FPS."] if settings.compile else []) \
+        + [f"warning: {w}" for w in warnings] + notes
     metadata = run_metadata(input_size=f"{height}x{width}", batch=settings.batch, task=task, precision=settings.precision,
                             channels_last=settings.channels_last, compile=settings.compile, warmup=settings.warmup,
                             steps=settings.steps, repeats=settings.repeats, max_repeats=settings.max_repeats,
@@ -161,6 +178,7 @@ def compare_with_fps(
     entries = [as_configuration(name) for name in names]
     pairs, warnings, device = [], [], ""
     for index, entry in enumerate(entries):
+        started = time.perf_counter()
         label, profile, base, model = build_pair(entry.name, size, task, **entry.settings_dict)
         label = entry.label or label
         if progress is not None:
@@ -171,7 +189,8 @@ def compare_with_fps(
             if progress is not None:
                 progress((index + fraction) / len(entries), f"{label}: {message}")
 
-        result = compare_fps({"backbone": base, "+MSCSA": model}, size, settings, progress=report, stop=stop)
+        result = compare_fps({"backbone": base, "+MSCSA": model}, size, settings, progress=report, stop=stop,
+                             started=started)
         device = result.results["backbone"].device
         interval = result.ratio_interval("+MSCSA")
         pair.fps, pair.fps_mscsa = result.results["backbone"].fps_median, result.results["+MSCSA"].fps_median

@@ -17,7 +17,7 @@ import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ class FPSResult:
     images_timed: int
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    compile_s: float | None = None  # seconds of torch.compile's first call, for a compiled model
 
     @property
     def fps_median(self) -> float:
@@ -129,26 +130,33 @@ class _Prepared:
     forward: Callable[[], Any]
     batch: int
     notes: list[str]
+    compile_s: float | None = None
 
 
 def _prepare(name: str, model: nn.Module, input_size: tuple[int, int], settings: BenchmarkSettings,
-             device: torch.device) -> _Prepared:
+             device: torch.device, compiled: bool = False) -> _Prepared:
     """Move to device/format, compile if asked, and find a batch that fits (halving on OOM).
-    A model that must change device or memory format is copied: the caller's model stays as it was."""
+    A model that must change device or memory format is copied: the caller's model stays as it was.
+    A compiled model's first call (where torch.compile does its work) is timed apart as ``compile_s``."""
     moves = settings.channels_last or any(p.device != device for p in model.parameters())
     model = (copy.deepcopy(model) if moves else model).eval().to(device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     if settings.channels_last:
         model = model.to(memory_format=memory_format)
-    runner: Callable = torch.compile(model) if settings.compile else model
+    runner: Callable = torch.compile(model) if compiled else model
     notes: list[str] = []
     batch = settings.batch
     height, width = input_size
+    compile_s = None
     while True:
-        x = torch.randn(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
+        x = torch.randn(batch, int(getattr(model, "in_chans", 3)), height, width, device=device)
+        x = x.contiguous(memory_format=memory_format)
         try:
+            first = time.perf_counter()
             with torch.inference_mode(), precision_context(settings.precision, device) as precision_notes:
                 runner(x)  # one trial step: catches OOM (and compiles) before anything is timed
+            if compiled:
+                compile_s = time.perf_counter() - first
             notes.extend(n for n in precision_notes if n not in notes)
             break
         except (RuntimeError, torch.OutOfMemoryError) as error:
@@ -162,7 +170,7 @@ def _prepare(name: str, model: nn.Module, input_size: tuple[int, int], settings:
     def forward(x: torch.Tensor = x) -> Any:
         return runner(x)
 
-    return _Prepared(name, forward, batch, notes)
+    return _Prepared(name, forward, batch, notes, compile_s)
 
 
 def _run_block(prepared: _Prepared, steps: int, settings: BenchmarkSettings, device: torch.device) -> None:
@@ -179,9 +187,14 @@ def compare_fps(
     progress: Callable[[float, str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     stop: StopFlag = None,
+    started: float | None = None,
+    compiled: Collection[str] | None = None,
 ) -> ABResult:
     """Measure several models interleaved (the first is the reference for the ratios). ``stop`` is
-    checked before every timed block: when set, ``Cancelled`` is raised within one block."""
+    checked before every timed block: when set, ``Cancelled`` is raised within one block. ``started``:
+    when this measurement's time began by ``clock`` (the caller's building and counting count against
+    ``settings.max_seconds``); default now. ``compiled``: the models to run through ``torch.compile``
+    (None: all of them when ``settings.compile``, else none)."""
     settings = (settings or BenchmarkSettings()).validate()
     if not models:
         raise ValueError("give at least one model to benchmark")
@@ -190,7 +203,9 @@ def compare_fps(
     names = list(models)
     was_training = {name: model.training for name, model in models.items()}
     try:
-        return _compare_interleaved(models, names, input_size, settings, device, timer, progress, stop)
+        chosen = set(names if settings.compile else ()) if compiled is None else set(compiled)
+        return _compare_interleaved(models, names, input_size, settings, device, timer, progress, stop,
+                                    clock() if started is None else started, chosen)
     finally:
         for name, model in models.items():
             model.train(was_training[name])
@@ -198,9 +213,14 @@ def compare_fps(
 
 def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_size: tuple[int, int],
                          settings: BenchmarkSettings, device: torch.device, timer: _Timer,
-                         progress: Callable[[float, str], None] | None, stop: StopFlag = None) -> ABResult:
+                         progress: Callable[[float, str], None] | None, stop: StopFlag = None,
+                         started: float = 0.0, compiled: Collection[str] = ()) -> ABResult:
+    """The rounds; adaptive runs end when the intervals are narrow enough, at ``max_repeats``, or before a
+    round that would end past ``started + max_seconds`` (predicted from the longest round so far), so a
+    run never outlasts its cap by more than the spread of one round's time."""
     with thread_context(settings.threads):
-        prepared = {name: _prepare(name, models[name], input_size, settings, device) for name in names}
+        prepared = {name: _prepare(name, models[name], input_size, settings, device, name in compiled)
+                    for name in names}
         for item in prepared.values():  # warm-up, not timed
             _run_block(item, settings.warmup, settings, device)
         fps: dict[str, list[float]] = {name: [] for name in names}
@@ -208,9 +228,14 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
         reference = names[0]
         stopped_by = "repeats"
         limit = settings.max_repeats if settings.adaptive else settings.repeats
-        started = timer.clock()
+        deadline = started + settings.max_seconds
+        longest_round = 0.0
         with OtherLoad() as load:
             for round_index in range(limit):
+                if settings.adaptive and round_index > 0 and timer.clock() + longest_round > deadline:
+                    stopped_by = "time"
+                    break
+                round_started = timer.clock()
                 sequence = names if round_index % 2 == 0 else names[::-1]
                 for name in sequence:
                     if should_stop(stop):
@@ -220,6 +245,7 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
                     fps[name].append(item.batch * settings.steps / max(elapsed, 1e-12))
                     order.append(name)
                 rounds = round_index + 1
+                longest_round = max(longest_round, timer.clock() - round_started)
                 widest = max((median_interval([b / a for a, b in zip(fps[reference], fps[name])]).half_width
                               for name in names[1:]), default=0.0)
                 if progress is not None:
@@ -229,9 +255,6 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
                     continue
                 if widest <= settings.target_interval:
                     stopped_by = "interval"
-                    break
-                if timer.clock() - started > settings.max_seconds:
-                    stopped_by = "time"
                     break
             else:
                 stopped_by = "max_repeats" if settings.adaptive else "repeats"
@@ -245,9 +268,10 @@ def _compare_interleaved(models: dict[str, nn.Module], names: list[str], input_s
             device=description,
             batch=prepared[name].batch,
             fps=fps[name],
-            images_timed=prepared[name].batch * settings.steps * settings.repeats,
+            images_timed=prepared[name].batch * settings.steps * len(fps[name]),
             settings=asdict(settings),
             notes=list(prepared[name].notes),
+            compile_s=prepared[name].compile_s,
         )
         for name in names
     }

@@ -42,7 +42,8 @@ class BenchmarkSettings:
     repeats: int = 5
     threads: int | None = None
     # Adaptive rounds: after ``repeats`` rounds, keep going until every ratio's 95% interval is within
-    # +-target_interval of its median, or max_repeats rounds, or max_seconds of timing. None = fixed.
+    # +-target_interval of its median, or max_repeats rounds, or max_seconds per backbone (building,
+    # counting and warm-up included; no round starts that would end past it). None = fixed.
     max_repeats: int | None = None
     target_interval: float = 0.02
     max_seconds: float = 120.0
