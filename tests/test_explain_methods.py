@@ -92,7 +92,7 @@ def assert_close(actual, expected, label):
 @pytest.mark.parametrize("block,layer", [(0, 1), (1, 2)])
 def test_one_pass_reproduces_the_captum_maps(small_model, image_tensor, block, layer):
     results = attribute_all(small_model, image_tensor, METHODS, ("key", "value"), block, layer, target=2,
-                            query=(3, 5))
+                            query=(3, 5), aligned=False)
     assert len(results) == 2 * 4 + 2  # four K/V methods x 2 kinds + the two attention views
     for (method, kind), result in results.items():
         grids, heads, maps, target = reference_maps(small_model, image_tensor, method,
@@ -118,7 +118,7 @@ def test_compute_saliency_keeps_its_outputs(small_model, image_tensor):
 
 
 def test_a_method_class_alone_matches_the_shared_pass(small_model, image_tensor):
-    alone = GradXActivation(small_model, kind="key").attribute(image_tensor, target=1)
+    alone = GradXActivation(small_model, kind="key").attribute(image_tensor, target=1)  # aligned layout
     shared = attribute_all(small_model, image_tensor, ["gradxact"], ["key"], target=1)[("gradxact", "key")]
     for a, b in zip(alone.grid_maps, shared.grid_maps):
         np.testing.assert_array_equal(a, b)

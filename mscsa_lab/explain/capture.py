@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from mscsa_lab.explain.geometry import SCALE_STRIDES
 from mscsa_lab.explain.targets import ResolvedTarget, SaliencyError, TargetLike, resolve_target
 from mscsa_lab.models.mscsa import CrossScaleAttention
 
@@ -103,6 +104,7 @@ class LayerCapture:
     probabilities: np.ndarray | None = None  # softmax over classes (classification models)
     target: ResolvedTarget | None = None
     valid_box: tuple[int, int, int, int] | None = None
+    scale_strides: tuple[int, ...] = (1, 2, 3)  # each scale's token stride on X0's grid
 
     @property
     def scale_sizes(self) -> list[tuple[int, int]]:
@@ -160,4 +162,5 @@ def capture_layer(model, image: torch.Tensor, block: int = 0, layer: int = 1, ta
         keys=[k[0].detach() for k in taps.keys], values=[v[0].detach() for v in taps.values],
         attention=attention[0], key_grads=key_grads, value_grads=value_grads,
         probabilities=probabilities, target=resolved, valid_box=valid_box,
+        scale_strides=SCALE_STRIDES.get(csa.downsample, (1, 2, 3))[:csa.num_scales],
     )

@@ -1,11 +1,19 @@
 """Where the token grids lie on the image, and where a click lands on them.
 
-Every key/value scale is an ``h x w`` grid of tokens laid over the ``H x W`` model input the way
-the maps are drawn: cell ``(r, c)`` covers ``[c W/w, (c+1) W/w) x [r H/h, (r+1) H/h)`` and its
-centre is ``((c + 0.5) W/w, (r + 0.5) H/h)`` (bilinear upsampling with ``align_corners=False``
-puts the cell's value there). A letterboxed input has a *valid box*, the picture inside the
-padding: a cell counts only when at least half of it lies inside (at least one cell always does),
-and upsampled maps are NaN outside the box, so neither drawing nor scoring sees the padding.
+Each key/value scale is an ``h x w`` grid of tokens over the ``H x W`` model input. Two layouts:
+
+- *tiled* (how the maps were always drawn): cell ``(r, c)`` covers ``[c W/w, (c+1) W/w) x
+  [r H/h, (r+1) H/h)``, centre ``((c + 0.5) W/w, (r + 0.5) H/h)``; bilinear upsampling with
+  ``align_corners=False`` puts each value there;
+- *aligned* (where the convolution takes each token from): a scale made by a stride-``s``
+  3x3 convolution with padding 1 (or the cascade's two stride-2 ones, ``s = 4``) centres its token
+  ``j`` on X0's token ``s j``, i.e. at ``(s j + 0.5)`` X0 cells, up to a whole X0 cell left of and
+  above the tiled centre. Scoring and drawing with this layout puts a coarse token where its
+  evidence came from.
+
+A letterboxed input has a *valid box*, the picture inside the padding: a cell counts only when at
+least half of its span lies inside (at least one cell always does), and upsampled maps are NaN
+outside the box, so neither drawing nor scoring sees the padding.
 
 Clicks: the page shows the original picture (or the prepared input) at some size; ``map_click``
 turns a point on what was shown into a point of the model's input and a cell of the query grid,
@@ -19,59 +27,103 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Box", "cell_centres", "valid_cells", "upsample_grid", "map_click", "cell_centre_on_shown", "Click",
-           "original_to_input", "input_to_original", "input_to_cell"]
+__all__ = ["Box", "SCALE_STRIDES", "ScaleGeometry", "cell_centres", "valid_cells", "upsample_grid", "map_click",
+           "cell_centre_on_shown", "Click", "original_to_input", "input_to_original", "input_to_cell"]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), in input pixels
+# Per downsampling strategy (Table 5): the stride of each scale's tokens on X0's grid.
+SCALE_STRIDES = {"dwconv": (1, 2, 3), "avgpool": (1, 2, 3), "single": (1, 2), "cascade": (1, 2, 4)}
+
+
+@dataclass(frozen=True)
+class ScaleGeometry:
+    """One scale's grid on the input; ``base_size`` (X0's grid) and ``stride`` give the aligned
+    layout, ``base_size=None`` the tiled one."""
+
+    grid_size: tuple[int, int]
+    input_size: tuple[int, int]
+    base_size: tuple[int, int] | None = None
+    stride: int = 1
+
+    def _axis(self, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(centres, span starts, span ends) in pixels along rows (0) or columns (1)."""
+        count, extent = self.grid_size[axis], self.input_size[axis]
+        index = np.arange(count, dtype=np.float64)
+        if self.base_size is None:
+            pitch = extent / count
+            return (index + 0.5) * pitch, index * pitch, (index + 1) * pitch
+        pitch = extent / self.base_size[axis]
+        centres = (self.stride * index + 0.5) * pitch
+        half = self.stride * pitch / 2
+        return centres, centres - half, centres + half
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y, x) pixel centres of every cell, each an h x w array."""
+        return np.meshgrid(self._axis(0)[0], self._axis(1)[0], indexing="ij")
+
+    def valid(self, box: Box | None) -> np.ndarray:
+        """Boolean h x w: cells at least half inside ``box`` (all cells without a box; never none)."""
+        if box is None:
+            return np.ones(self.grid_size, dtype=bool)
+        x0, y0, x1, y1 = box
+
+        def overlap(axis: int, low: float, high: float) -> np.ndarray:
+            _, start, end = self._axis(axis)
+            return np.clip(np.minimum(end, high) - np.maximum(start, low), 0, None) / (end - start)
+
+        fraction = overlap(0, y0, y1)[:, None] * overlap(1, x0, x1)[None, :]
+        valid = fraction >= 0.5 - 1e-9
+        return valid if valid.any() else fraction >= fraction.max()
+
+    def _resample(self, flat: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        if self.base_size is None:
+            return F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+        coordinates = []
+        for axis in (1, 0):  # grid_sample wants (x, y)
+            count = self.grid_size[axis]
+            pixels = torch.arange(size[axis], dtype=torch.float64) + 0.5
+            index = (pixels * self.base_size[axis] / size[axis] - 0.5) / self.stride
+            coordinates.append(index * 2 / (count - 1) - 1 if count > 1 else torch.zeros_like(index))
+        grid_y, grid_x = torch.meshgrid(coordinates[1], coordinates[0], indexing="ij")
+        sampling = torch.stack([grid_x, grid_y], dim=-1).float()[None].expand(flat.shape[0], -1, -1, -1)
+        return F.grid_sample(flat, sampling, mode="bilinear", padding_mode="border", align_corners=True)
+
+    def upsample(self, grid: torch.Tensor, valid: np.ndarray | None = None, box: Box | None = None) -> np.ndarray:
+        """(..., h, w) -> (..., H, W) float32, bilinear in this layout. With ``valid`` cells, padding
+        cells do not bleed into the picture (normalised interpolation of the valid cells only);
+        with ``box``, pixels outside it are NaN."""
+        shape = grid.shape
+        flat = grid.detach().reshape(-1, 1, shape[-2], shape[-1]).float()
+        up = self._resample(flat)
+        if valid is not None and not valid.all():
+            mask = torch.from_numpy(valid.astype(np.float32))[None, None]
+            weight = self._resample(mask)
+            masked = self._resample(flat * mask)
+            up = torch.where(weight > 1e-6, masked / weight.clamp(min=1e-6), up)
+        result = up.reshape(*shape[:-2], *self.input_size).cpu().numpy().astype(np.float32)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            outside = np.ones(self.input_size, dtype=bool)
+            outside[y0:y1, x0:x1] = False
+            result[..., outside] = np.nan
+        return result
 
 
 def cell_centres(grid_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(y, x) pixel centres of every cell, each an h x w array."""
-    (h, w), (height, width) = grid_size, input_size
-    ys = (np.arange(h) + 0.5) * height / h
-    xs = (np.arange(w) + 0.5) * width / w
-    return np.meshgrid(ys, xs, indexing="ij")
+    """(y, x) pixel centres of every cell in the tiled layout, each an h x w array."""
+    return ScaleGeometry(tuple(grid_size), tuple(input_size)).centres()
 
 
 def valid_cells(grid_size: tuple[int, int], input_size: tuple[int, int], box: Box | None) -> np.ndarray:
-    """Boolean h x w: cells at least half inside ``box`` (all cells without a box; never none)."""
-    h, w = grid_size
-    if box is None:
-        return np.ones((h, w), dtype=bool)
-    height, width = input_size
-    x0, y0, x1, y1 = box
-
-    def overlap(count: int, extent: int, low: int, high: int) -> np.ndarray:
-        edges = np.arange(count + 1) * extent / count
-        return np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0, None) / (extent / count)
-
-    fraction = overlap(h, height, y0, y1)[:, None] * overlap(w, width, x0, x1)[None, :]
-    valid = fraction >= 0.5 - 1e-9
-    if not valid.any():
-        valid = fraction >= fraction.max()
-    return valid
+    """Tiled layout: cells at least half inside ``box``."""
+    return ScaleGeometry(tuple(grid_size), tuple(input_size)).valid(box)
 
 
 def upsample_grid(grid: torch.Tensor, size: tuple[int, int], valid: np.ndarray | None = None,
                   box: Box | None = None) -> np.ndarray:
-    """(..., h, w) -> (..., H, W) float32, bilinear. With ``valid`` cells, padding cells do not
-    bleed into the picture (normalised interpolation of the valid cells only); with ``box``,
-    pixels outside it are NaN."""
-    shape = grid.shape
-    flat = grid.detach().reshape(-1, 1, shape[-2], shape[-1]).float()
-    up = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    if valid is not None and not valid.all():
-        mask = torch.from_numpy(valid.astype(np.float32))[None, None]
-        weight = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
-        masked = F.interpolate(flat * mask, size=size, mode="bilinear", align_corners=False)
-        up = torch.where(weight > 1e-6, masked / weight.clamp(min=1e-6), up)
-    result = up.reshape(*shape[:-2], *size).cpu().numpy().astype(np.float32)
-    if box is not None:
-        x0, y0, x1, y1 = box
-        outside = np.ones(size, dtype=bool)
-        outside[y0:y1, x0:x1] = False
-        result[..., outside] = np.nan
-    return result
+    """Tiled layout upsampling (see :meth:`ScaleGeometry.upsample`)."""
+    return ScaleGeometry(tuple(grid.shape[-2:]), tuple(size)).upsample(grid, valid, box)
 
 
 # ------------------------------------------------------------------------------------- clicks

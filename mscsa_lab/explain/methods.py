@@ -19,10 +19,9 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mscsa_lab.explain.capture import LayerCapture, SaliencyError, capture_layer
-from mscsa_lab.explain.geometry import upsample_grid, valid_cells
+from mscsa_lab.explain.geometry import ScaleGeometry
 from mscsa_lab.explain.targets import TargetLike
 
 __all__ = ["SaliencyResult", "SaliencyMethod", "GradXActivation", "GradCAM", "ActivationNorm", "EigenCAM",
@@ -57,6 +56,7 @@ class SaliencyResult:
     target_label: str | None = None  # the class name, or the custom score's name
     valid_box: tuple[int, int, int, int] | None = None  # the picture inside the letterbox padding
     grid_valid: list[np.ndarray] | None = None  # per scale: cells that lie on the picture
+    geometry: list[ScaleGeometry] | None = None  # per scale: where its cells lie on the input
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         """Everything numeric, keyed for ``np.savez``."""
@@ -76,6 +76,12 @@ class SaliencyResult:
             arrays["valid_box"] = np.asarray(self.valid_box)
         return arrays
 
+    def geometries(self) -> list[ScaleGeometry]:
+        if self.geometry is not None:
+            return self.geometry
+        size = self.maps[0].shape
+        return [ScaleGeometry(tuple(g.shape), size) for g in self.grid_maps]
+
     def valid(self, scale: int) -> np.ndarray:
         return self.grid_valid[scale] if self.grid_valid is not None else np.ones(self.grid_maps[scale].shape, bool)
 
@@ -84,14 +90,14 @@ class SaliencyResult:
         return np.mean([min_max(m) for m in self.maps], axis=0).astype(np.float32)
 
     def combined_grid(self) -> np.ndarray:
-        """All scales on the finest grid: each scale's valid cells scaled to [0, 1], resized to X0's
-        grid (bilinear) and averaged."""
-        size = self.grid_maps[0].shape
+        """All scales on the finest grid: each scale's valid cells scaled to [0, 1], resampled onto
+        X0's cells in this result's layout, and averaged."""
+        size = tuple(self.grid_maps[0].shape)
         layers = []
-        for index, grid in enumerate(self.grid_maps):
-            scaled = min_max(np.where(self.valid(index), grid, np.nan))
-            tensor = torch.from_numpy(np.nan_to_num(scaled, nan=0.0))[None, None]
-            layers.append(F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0, 0].numpy())
+        for index, (grid, layout) in enumerate(zip(self.grid_maps, self.geometries())):
+            scaled = np.nan_to_num(min_max(np.where(self.valid(index), grid, np.nan)), nan=0.0)
+            onto_x0 = ScaleGeometry(layout.grid_size, size, size if layout.base_size else None, layout.stride)
+            layers.append(onto_x0.upsample(torch.from_numpy(scaled)))
         return np.mean(layers, axis=0).astype(np.float32)
 
 
@@ -123,7 +129,7 @@ class SaliencyMethod:
     attention_view: ClassVar[bool] = False
 
     def __init__(self, model, block: int = 0, layer: int = 1, kind: str = "key",
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, aligned: bool = True) -> None:
         if kind not in KINDS and not self.attention_view:
             raise SaliencyError(f"kind={kind!r} is unknown: choose 'key' or 'value'")
         if self.needs_gradients and getattr(model, "task", "classification") != "classification":
@@ -131,6 +137,7 @@ class SaliencyMethod:
         self.model, self.block, self.layer = model, block, layer
         self.kind = "attention" if self.attention_view else kind
         self.class_names = class_names
+        self.aligned = aligned
 
     def attribute(self, image: torch.Tensor, target: TargetLike = None,
                   valid_box: tuple[int, int, int, int] | None = None) -> SaliencyResult:
@@ -143,16 +150,18 @@ class SaliencyMethod:
     def from_capture(self, capture: LayerCapture) -> SaliencyResult:
         """The maps from a pass already run (see :func:`attribute_all`)."""
         grids, head_grids = self.grids(capture)
-        size = capture.input_size
-        box = capture.valid_box
-        valid = [valid_cells(tuple(g.shape[-2:]), size, box) for g in grids]
+        size, box = capture.input_size, capture.valid_box
+        base = capture.scale_sizes[0] if self.aligned else None
+        layout = [ScaleGeometry(s, size, base, stride if self.aligned else 1)
+                  for s, stride in zip(capture.scale_sizes, capture.scale_strides)]
+        valid = [g.valid(box) for g in layout]
         target = capture.target
         return SaliencyResult(
             method=self.name, kind=self.kind, block=capture.block, layer=capture.layer,
-            maps=[upsample_grid(g, size, v if box else None, box) for g, v in zip(grids, valid)],
+            maps=[g.upsample(m, v if box else None, box) for g, m, v in zip(layout, grids, valid)],
             grid_maps=[g.detach().cpu().numpy().astype(np.float32) for g in grids],
             head_maps=None if head_grids is None else
-            [upsample_grid(g, size, v if box else None, box) for g, v in zip(head_grids, valid)],
+            [g.upsample(m, v if box else None, box) for g, m, v in zip(layout, head_grids, valid)],
             mass_shares=capture.mass_shares() if self.attention_view else None,
             target=None if target is None else target.index,
             probabilities=capture.probabilities,
@@ -161,6 +170,7 @@ class SaliencyMethod:
             target_label=None if target is None else target.label,
             valid_box=box,
             grid_valid=valid if box else None,
+            geometry=layout,
         )
 
     def grids(self, capture: LayerCapture) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
@@ -223,8 +233,9 @@ class QueryAttention(SaliencyMethod):
     attention_view = True
 
     def __init__(self, model, block: int = 0, layer: int = 1, kind: str = "key",
-                 class_names: Sequence[str] | None = None, query: tuple[int, int] | None = None) -> None:
-        super().__init__(model, block, layer, kind, class_names)
+                 class_names: Sequence[str] | None = None, aligned: bool = True,
+                 query: tuple[int, int] | None = None) -> None:
+        super().__init__(model, block, layer, kind, class_names, aligned)
         self.query = query
         self.chosen_query: tuple[int, int] | None = None
 
@@ -251,9 +262,10 @@ def attribute_all(model, image: torch.Tensor, methods: Sequence[str] = METHODS, 
                   block: int = 0, layer: int = 1, target: TargetLike = None,
                   class_names: Sequence[str] | None = None, valid_box: tuple[int, int, int, int] | None = None,
                   query: tuple[int, int] | None = None, capture: LayerCapture | None = None,
-                  ) -> dict[tuple[str, str], SaliencyResult]:
+                  aligned: bool = True) -> dict[tuple[str, str], SaliencyResult]:
     """Every requested map from ONE pass: keyed ``(method, kind)``, with kind "attention" for the
-    attention views (which have no K/V variant). Gradients are taken only if a method needs them."""
+    attention views (which have no K/V variant). Gradients are taken only if a method needs them.
+    ``aligned``: draw coarse scales where their convolution centres them (see ``geometry``)."""
     unknown = [m for m in methods if m not in METHOD_CLASSES]
     if unknown:
         raise SaliencyError(f"method={unknown[0]!r} is unknown: choose one of {list(METHODS)}")
@@ -265,9 +277,9 @@ def attribute_all(model, image: torch.Tensor, methods: Sequence[str] = METHODS, 
         cls = METHOD_CLASSES[name]
         if cls.attention_view:
             extra = {"query": query} if cls is QueryAttention else {}
-            instances.append(cls(model, block, layer, class_names=class_names, **extra))
+            instances.append(cls(model, block, layer, class_names=class_names, aligned=aligned, **extra))
         else:
-            instances.extend(cls(model, block, layer, kind, class_names) for kind in kinds)
+            instances.extend(cls(model, block, layer, kind, class_names, aligned) for kind in kinds)
     if capture is None:
         gradients = any(instance.needs_gradients for instance in instances)
         capture = capture_layer(model, image, block, layer, target, class_names, gradients, valid_box)

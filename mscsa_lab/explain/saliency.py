@@ -33,16 +33,19 @@ def compute_saliency(
     query: tuple[int, int] | None = None,
     class_names=None,
     valid_box: tuple[int, int, int, int] | None = None,
+    aligned: bool = False,
 ) -> SaliencyResult:
     """One map per scale of the chosen CSA layer's keys or values for a 1x3xHxW ``image``.
 
     ``target``: a class index, a class name (with ``class_names``) or callable(logits) -> score;
-    ``valid_box``: (x0, y0, x1, y1) of the picture inside letterbox padding, left out of the maps."""
+    ``valid_box``: (x0, y0, x1, y1) of the picture inside letterbox padding, left out of the maps;
+    ``aligned``: draw coarse scales where their convolution centres them (default: the tiled
+    layout the maps always had; see :mod:`mscsa_lab.explain.geometry`)."""
     if method not in METHOD_CLASSES:
         raise SaliencyError(f"method={method!r} is unknown: choose one of {list(METHODS)}")
     cls = METHOD_CLASSES[method]
     if cls is QueryAttention:
-        explainer = QueryAttention(model, block, layer, kind, class_names, query=query)
+        explainer = QueryAttention(model, block, layer, kind, class_names, aligned, query=query)
     else:
-        explainer = cls(model, block, layer, kind, class_names)
+        explainer = cls(model, block, layer, kind, class_names, aligned)
     return explainer.attribute(image, target, valid_box)
