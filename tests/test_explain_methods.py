@@ -170,3 +170,28 @@ def test_attention_views_need_no_gradients_and_dense_models_are_refused(small_mo
         QueryAttention(small_model, query=(8, 0)).attribute(image_tensor)
     with pytest.raises(SaliencyError, match="kind='keys' is unknown"):
         attribute_all(small_model, image_tensor, ["norm"], ["keys"])
+
+
+def test_threads_sharing_one_model_get_their_own_maps(small_model):
+    import threading
+
+    images = [torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(seed)) for seed in (5, 6, 7, 8)]
+    alone = [attribute_all(small_model, image, ["gradxact", "attention"], ["key"], target=1) for image in images]
+    together: dict[int, dict] = {}
+    barrier = threading.Barrier(len(images))
+
+    def run(index: int) -> None:
+        barrier.wait()
+        together[index] = attribute_all(small_model, images[index], ["gradxact", "attention"], ["key"], target=1)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(len(images))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    for index, expected in enumerate(alone):
+        for key, result in expected.items():
+            for a, b in zip(together[index][key].grid_maps, result.grid_maps):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert sum(len(m._forward_hooks) for m in small_model.modules()) == 0
+    assert not any(getattr(m, "store_attention", False) for m in small_model.modules())

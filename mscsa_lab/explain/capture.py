@@ -4,14 +4,18 @@ projection of one CSA layer, and, for the gradient methods, one backward for all
 Hook-based tools run a forward and a backward per layer they explain (captum's layer methods once
 per call, so per scale and per K/V); here a single ``torch.autograd.grad`` of the target score
 returns the gradients of all six tapped activations (three scales, keys and values), and the
-backward stops there instead of running on through the backbone. The attention weights are kept
-from the same forward, so the attention views cost nothing more.
+backward stops there instead of running on through the backbone. The attention weights are
+recomputed from the tapped queries and keys of the same forward (the explicit form of the layer's
+attention), so the attention views cost one small matrix product more.
+
+Nothing on the model is changed: the hooks are removed on exit and act only in the thread that
+placed them, so a model shared between threads is never fed another request's tensors.
 """
 from __future__ import annotations
 
-import contextlib
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +24,8 @@ from mscsa_lab.explain.geometry import SCALE_STRIDES
 from mscsa_lab.explain.targets import ResolvedTarget, SaliencyError, TargetLike, resolve_target
 from mscsa_lab.models.mscsa import CrossScaleAttention
 
-__all__ = ["SaliencyError", "select_layer", "KVTaps", "LayerCapture", "capture_layer", "check_image"]
+__all__ = ["SaliencyError", "select_layer", "KVTaps", "LayerCapture", "capture_layer", "check_image",
+           "attention_weights"]
 
 
 def select_layer(model, block: int = 0, layer: int = 1) -> CrossScaleAttention:
@@ -52,17 +57,23 @@ class KVTaps:
         self.for_gradients = for_gradients
         self.keys: list[torch.Tensor | None] = [None] * layer.num_scales
         self.values: list[torch.Tensor | None] = [None] * layer.num_scales
+        self.queries: list[torch.Tensor | None] = [None]
         self._handles: list[Any] = []
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> "KVTaps":
+        self._thread = threading.get_ident()
         for index, (key, value) in enumerate(zip(self.layer.key_proj, self.layer.value_proj)):
             self._handles.append(key.register_forward_hook(self._keep(self.keys, index)))
             self._handles.append(value.register_forward_hook(self._keep(self.values, index)))
+        self._handles.append(self.layer.query.register_forward_hook(self._keep(self.queries, 0, gradients=False)))
         return self
 
-    def _keep(self, store: list, index: int):
+    def _keep(self, store: list, index: int, gradients: bool = True):
         def hook(module, inputs, output):
-            if self.for_gradients:
+            if threading.get_ident() != self._thread:
+                return None
+            if self.for_gradients and gradients:
                 output = output.detach().requires_grad_(True)
                 store[index] = output
                 return output
@@ -77,15 +88,12 @@ class KVTaps:
         self._handles.clear()
 
 
-@contextlib.contextmanager
-def _stored_attention(layer: CrossScaleAttention) -> Iterator[None]:
-    old = layer.store_attention
-    layer.store_attention = True
-    try:
-        yield
-    finally:
-        layer.store_attention = old
-        layer.last_attention = None
+def attention_weights(layer: CrossScaleAttention, query: torch.Tensor, keys: Sequence[torch.Tensor]) -> torch.Tensor:
+    """softmax(Q [K0; K1; K2]^T / sqrt(d)), batch x heads x queries x keys, as the layer's explicit path computes it."""
+    batch, heads = query.shape[0], layer.num_heads
+    q = query.reshape(batch, heads, layer.key_dim, -1).transpose(-2, -1)
+    k = torch.cat([key.flatten(2).reshape(batch, heads, layer.key_dim, -1) for key in keys], dim=-1).transpose(-2, -1)
+    return ((q * layer.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
 @dataclass
@@ -139,11 +147,12 @@ def capture_layer(model, image: torch.Tensor, block: int = 0, layer: int = 1, ta
         raise SaliencyError("class-targeted maps need a class score: build the model for classification "
                             "(this one is dense)")
     model.eval()
-    with torch.set_grad_enabled(gradients), KVTaps(csa, for_gradients=gradients) as taps, _stored_attention(csa):
+    with torch.set_grad_enabled(gradients), KVTaps(csa, for_gradients=gradients) as taps:
         output = model(image)
-        attention = csa.last_attention
-    if attention is None or any(k is None for k in taps.keys):
+    if taps.queries[0] is None or any(k is None for k in taps.keys):
         raise SaliencyError(f"block {block}, CSA layer {layer} did not run in this model's forward")
+    with torch.no_grad():
+        attention = attention_weights(csa, taps.queries[0], [k.detach() for k in taps.keys])
     resolved = probabilities = None
     key_grads = value_grads = None
     if classification:
