@@ -4,17 +4,19 @@ synthetic images whose boxes are known, with the chance figures beside every sco
 Why on the grid: a map upsampled from a coarse grid is flat over each cell, so the first pixel of
 its maximum is the top-left corner of the hottest cell; scored that way a 2x2 map loses to a random
 pixel. Here the hottest cell (all of them when several tie, each counting for its share) is a hit
-when its centre lies inside the box. Beside each figure: the *random* baseline (a cell drawn at
+when its centre lies inside the box; by default the centres of the aligned layout (a coarse token
+where its convolution centres it, see :mod:`mscsa_lab.explain.geometry`). Beside each figure: the *random* baseline (a cell drawn at
 random: the share of cells whose centre is in the box) and the *centre* baseline (the cell(s)
 nearest the picture's centre). The former pixel rule is still reported, with its own baselines.
 
 The paper's Fig. 1b claim (coarser scales cover whole objects, finer ones parts) is measured as
 the area above half maximum per scale: the share of the picture's cells whose value is at least
-half the map's maximum (half its range for maps with negative values).
+half the map's maximum (half its range for maps with negative values). One cell is the floor of
+that area, and a coarse cell is large (1/16 of the image on a 4x4 grid): ``cell_area`` gives it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -151,6 +153,7 @@ class LocalisationReport:
     box_coverage_large: list[float]  # per scale, share of a large object's cells above half max
     large_images: int
     accuracy: float
+    cell_area: list[float] = field(default_factory=list)  # per scale, one cell's share of the image (the floor)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -166,7 +169,8 @@ class LocalisationReport:
             f"    centre baseline {per_scale(self.centre_baseline)}; random baseline {per_scale(self.random_baseline)}",
             f"  former pixel rule: {per_scale(self.pixel_peak_in_box)} (random pixel "
             f"{100 * self.pixel_random_baseline:.1f}%, centre pixel {100 * self.pixel_centre_baseline:.1f}%)",
-            f"  area above half maximum: {per_scale(self.area_above_half_max)} of the image; on "
+            f"  area above half maximum: {per_scale(self.area_above_half_max)} of the image (one cell: "
+            f"{per_scale(self.cell_area)}); on "
             f"{self.large_images} large objects {per_scale(self.hot_area_large)}, covering "
             f"{per_scale(self.box_coverage_large)} of the object",
         ]
@@ -212,5 +216,5 @@ def evaluate_localisation(model, meta: dict, count: int = 100, method: str = "gr
         method, kind if view != "attention" else "attention", count, mean("peak", scales), mean("centre", scales),
         mean("random", scales), float(np.mean(rows["combined"])), mean("pixel", scales), float(np.mean(pixel_random)),
         float(np.mean(pixel_centre)), mean("area", scales), mean("area_large", scales), mean("coverage_large", scales),
-        len(rows["area_large"]), correct / count,
+        len(rows["area_large"]), correct / count, [1.0 / g.size for g in grids],
     )
