@@ -11,6 +11,7 @@ from mscsa_lab.explain.evaluation import (area_above_half_max, box_coverage, cen
                                           peak_in_box, pixel_peak_in_box, random_cell_in_box)
 from mscsa_lab.explain.geometry import ScaleGeometry, cell_centre_on_shown, map_click
 from mscsa_lab.explain.methods import attribute_all
+from mscsa_lab.explain.render import overlay, paper_figure
 from mscsa_lab.io.checkpoints import load_demo_model
 from mscsa_lab.io.images import prepare_image
 
@@ -93,6 +94,10 @@ def test_letterbox_padding_is_left_out_of_maps_and_scores(demo):
         assert np.isnan(combined[:36]).all() and np.isfinite(combined[36:60]).all()
     archive = results[("gradxact", "key")].as_arrays()
     assert archive["valid_box"].tolist() == [0, 36, 96, 60] and archive["scale0_valid"].shape == (12, 12)
+    blended = overlay(prepared.display, results[("gradxact", "key")].maps[0])
+    assert (blended[:36] == prepared.display[:36]).all() and not (blended[36:60] == prepared.display[36:60]).all()
+    figure = paper_figure([(prepared.display, r, "wide") for r in results.values()])
+    assert len(figure.axes) == 2 * 4 + 1  # two rows of input + three scales, one colorbar
 
 
 # ----------------------------------------------------------------------------------- clicks

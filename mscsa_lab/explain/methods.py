@@ -165,7 +165,7 @@ class SaliencyMethod:
             mass_shares=capture.mass_shares() if self.attention_view else None,
             target=None if target is None else target.index,
             probabilities=capture.probabilities,
-            query=getattr(self, "chosen_query", None),
+            query=self.query_cell(capture),
             scale_names=[f"X{i} ({h}x{w})" for i, (h, w) in enumerate(capture.scale_sizes)],
             target_label=None if target is None else target.label,
             valid_box=box,
@@ -175,6 +175,10 @@ class SaliencyMethod:
 
     def grids(self, capture: LayerCapture) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         raise NotImplementedError
+
+    def query_cell(self, capture: LayerCapture) -> tuple[int, int] | None:
+        """The query position the maps are for (only the query view has one)."""
+        return None
 
 
 class GradXActivation(SaliencyMethod):
@@ -237,15 +241,17 @@ class QueryAttention(SaliencyMethod):
                  query: tuple[int, int] | None = None) -> None:
         super().__init__(model, block, layer, kind, class_names, aligned)
         self.query = query
-        self.chosen_query: tuple[int, int] | None = None
 
-    def grids(self, capture):
+    def query_cell(self, capture):
         grid_h, grid_w = capture.scale_sizes[0]
         row, col = self.query if self.query is not None else (grid_h // 2, grid_w // 2)
         if not (0 <= row < grid_h and 0 <= col < grid_w):
             raise SaliencyError(f"query position {(row, col)} is outside the {grid_h}x{grid_w} MSCSA grid")
-        self.chosen_query = (int(row), int(col))
-        index = row * grid_w + col
+        return int(row), int(col)
+
+    def grids(self, capture):
+        row, col = self.query_cell(capture)
+        index = row * capture.scale_sizes[0][1] + col
         heads = capture.num_heads
         head_grids = [p[:, index, :].reshape(heads, *s) for p, s in zip(_attention_pieces(capture), capture.scale_sizes)]
         return [g.mean(0) for g in head_grids], head_grids
