@@ -34,6 +34,9 @@ def test_deletion_and_insertion_reward_the_map_that_points_at_the_object(demo):
     assert report.fractions == [0.0, 0.25, 0.5, 0.75, 1.0]
     for curves in (report.deletion_curves, report.insertion_curves):
         assert len({c[0] for c in curves.values()}) == 1 and len({c[-1] for c in curves.values()}) == 1  # shared ends
+    from mscsa_lab.explain.render import faithfulness_chart
+
+    assert len(faithfulness_chart(report).axes) == 2
     data = json.loads(json.dumps(report.as_dict()))
     assert data["deletion"]["object"] == pytest.approx(report.deletion["object"])
     assert data["beats_random"].keys() == {"object", "background"}

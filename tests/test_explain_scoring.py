@@ -9,7 +9,7 @@ from PIL import Image
 
 from mscsa_lab.explain.evaluation import (area_above_half_max, box_coverage, centre_cell_in_box, peak_cells,
                                           peak_in_box, pixel_peak_in_box, random_cell_in_box)
-from mscsa_lab.explain.geometry import ScaleGeometry, cell_centre_on_shown, map_click
+from mscsa_lab.explain.geometry import ScaleGeometry, cell_centre_on_shown, map_click, map_on_original
 from mscsa_lab.explain.methods import attribute_all
 from mscsa_lab.explain.render import overlay, paper_figure
 from mscsa_lab.io.checkpoints import load_demo_model
@@ -123,3 +123,17 @@ def test_a_click_on_a_part_cropped_away_says_so():
     assert not top.inside and "cropped away" in top.message
     middle = map_click(tall, 25, 100, (12, 12))
     assert middle.inside and middle.cell == (6, 6)
+
+
+def test_maps_redrawn_over_the_original_picture_follow_its_placement():
+    padded = prepare_image(_png(200, 50), (96, 96), fit="pad")
+    ramp = np.tile(np.arange(96, dtype=np.float32) + 0.5, (96, 1))  # each input pixel's own x centre
+    ramp[:36] = ramp[60:] = np.nan  # the padding
+    drawn = map_on_original(padded, ramp)
+    assert drawn.shape == (50, 200) and np.isfinite(drawn).all()
+    expected = (np.arange(200) + 0.5) * 0.48
+    assert np.abs(drawn[25, 2:-2] - expected[2:-2]).max() < 1e-3  # an original pixel shows its input pixel's value
+    cropped = prepare_image(_png(50, 200), (96, 96), fit="crop")
+    shown = map_on_original(cropped, np.ones((96, 96), np.float32), max_side=100)
+    assert shown.shape == (100, 25)
+    assert np.isnan(shown[:37]).all() and np.isfinite(shown[38:62]).all() and np.isnan(shown[63:]).all()

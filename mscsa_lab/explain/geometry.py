@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["Box", "SCALE_STRIDES", "ScaleGeometry", "cell_centres", "valid_cells", "upsample_grid", "map_click",
-           "cell_centre_on_shown", "Click", "original_to_input", "input_to_original", "input_to_cell"]
+           "cell_centre_on_shown", "Click", "original_to_input", "input_to_original", "input_to_cell", "map_on_original"]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), in input pixels
 # Per downsampling strategy (Table 5): the stride of each scale's tokens on X0's grid.
@@ -195,3 +195,32 @@ def cell_centre_on_shown(prepared, cell: tuple[int, int], grid_size: tuple[int, 
     if shown_size is not None:
         x, y = x * shown_size[0] / own[0], y * shown_size[1] / own[1]
     return x, y
+
+
+def map_on_original(prepared, values: np.ndarray, max_side: int | None = 1024) -> np.ndarray:
+    """A full-size map (input H x W) redrawn over the original picture, for a large preview:
+    bilinear, NaN where the model saw nothing of it (parts cropped away) or where the map is NaN.
+    The result is the original's size, shrunk to ``max_side`` on its longer side if larger (draw the
+    picture at the same size)."""
+    width, height = prepared.original_size
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    xs = (np.arange(out_w) + 0.5) / scale
+    ys = (np.arange(out_h) + 0.5) / scale
+    sx, sy, ox, oy = prepared.placement
+    in_h, in_w = values.shape[-2:]
+    grid_x = torch.from_numpy((xs * sx + ox) / in_w * 2 - 1)  # align_corners=False: -1 and 1 are the outer edges
+    grid_y = torch.from_numpy((ys * sy + oy) / in_h * 2 - 1)
+    mesh_y, mesh_x = torch.meshgrid(grid_y, grid_x, indexing="ij")
+    sampling = torch.stack([mesh_x, mesh_y], dim=-1).float()[None]
+    source = torch.from_numpy(np.asarray(values, dtype=np.float32))[None, None]
+    finite = torch.isfinite(source)
+    filled = torch.where(finite, source, torch.zeros_like(source))
+    drawn = F.grid_sample(filled, sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
+    weight = F.grid_sample(finite.float(), sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
+    result = torch.where(weight > 0.5, drawn / weight.clamp(min=1e-6), torch.full_like(drawn, float("nan")))
+    x0, y0, x1, y1 = prepared.content_box
+    in_x = (xs * sx + ox)[None, :]
+    in_y = (ys * sy + oy)[:, None]
+    seen = (in_x >= x0) & (in_x < x1) & (in_y >= y0) & (in_y < y1)
+    return np.where(seen, result[0, 0].numpy(), np.nan).astype(np.float32)

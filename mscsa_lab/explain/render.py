@@ -18,7 +18,7 @@ from mscsa_lab.io.figures import new_figure
 from mscsa_lab.explain.saliency import SaliencyResult
 
 __all__ = ["normalise", "overlay", "saliency_grid", "head_grid", "attention_mass_chart", "save_maps",
-           "paper_figure", "PERCEPTUAL_CMAPS"]
+           "paper_figure", "faithfulness_chart", "PERCEPTUAL_CMAPS"]
 
 PERCEPTUAL_CMAPS = ("inferno", "viridis", "magma", "plasma", "cividis")
 
@@ -182,4 +182,26 @@ def paper_figure(rows: Sequence[tuple[np.ndarray, SaliencyResult, str]], cmap: s
                 axes[0, column].set_title(name, fontsize=9)
     mappable = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 1))
     figure.colorbar(mappable, ax=axes[:, 1:].ravel().tolist(), fraction=0.03, pad=0.02, label="relative saliency")
+    return figure
+
+
+def faithfulness_chart(report) -> Figure:
+    """Deletion and insertion curves side by side (a ``FaithfulnessReport``); the random and centre
+    references dashed, each map's area in the legend."""
+    figure, axes = new_figure(1, 2, figsize=(9.5, 3.4))
+    colours = matplotlib.colormaps["viridis"]
+    names = list(report.deletion)
+    for axis, curve, better in ((axes[0], "deletion", "lower"), (axes[1], "insertion", "higher")):
+        curves, areas = getattr(report, f"{curve}_curves"), getattr(report, curve)
+        for index, name in enumerate(names):
+            reference = name in ("random", "centre")
+            axis.plot(report.fractions, curves[name], linestyle="--" if reference else "-",
+                      color="0.45" if name == "random" else ("0.7" if reference else colours(index / max(1, len(names)))),
+                      label=f"{name} ({areas[name]:.3f})")
+        axis.set_xlabel(f"share of the picture {'removed' if curve == 'deletion' else 'revealed'}, most salient first")
+        axis.set_ylabel(f"p({report.target_label})" if report.target is not None else report.target_label)
+        axis.set_title(f"{curve}: area under the curve, {better} is better", fontsize=9)
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
     return figure
