@@ -2,6 +2,8 @@
 
 Colours use a perceptually uniform colormap (``inferno`` by default) and every panel of maps has a
 colorbar; each map is scaled to its own [min, max] for display (the raw values are in the ``.npz``).
+Letterbox padding (NaN in the maps) is left uncoloured. ``paper_figure`` draws the paper's Fig. 1b
+form: one row per image, the input and then one map per scale.
 """
 from __future__ import annotations
 
@@ -16,22 +18,28 @@ from mscsa_lab.io.figures import new_figure
 from mscsa_lab.explain.saliency import SaliencyResult
 
 __all__ = ["normalise", "overlay", "saliency_grid", "head_grid", "attention_mass_chart", "save_maps",
-           "PERCEPTUAL_CMAPS"]
+           "paper_figure", "faithfulness_chart", "PERCEPTUAL_CMAPS"]
 
 PERCEPTUAL_CMAPS = ("inferno", "viridis", "magma", "plasma", "cividis")
 
 
 def normalise(values: np.ndarray) -> np.ndarray:
-    low, high = float(np.min(values)), float(np.max(values))
-    if not np.isfinite(low) or not np.isfinite(high) or high <= low:
+    """Scaled to [0, 1] over the finite values; NaN and infinities become 0."""
+    finite = np.isfinite(values)
+    if not finite.any():
         return np.zeros_like(values, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    if high <= low:
+        return np.zeros_like(values, dtype=np.float32)
+    return np.where(finite, (values - low) / (high - low), 0.0).astype(np.float32)
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = "inferno", alpha: float = 0.55) -> np.ndarray:
-    """The image (H x W x 3 uint8) blended with a coloured map of the same size."""
+    """The image (H x W x 3 uint8) blended with a coloured map of the same size; where the map is
+    NaN (letterbox padding) the image shows unchanged."""
     colours = matplotlib.colormaps[cmap](normalise(saliency))[..., :3]
-    blended = (1 - alpha) * image.astype(np.float32) / 255.0 + alpha * colours
+    weight = np.where(np.isfinite(saliency), alpha, 0.0)[..., None]
+    blended = (1 - weight) * image.astype(np.float32) / 255.0 + weight * colours
     return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
 
@@ -44,9 +52,12 @@ def _row_label(result: SaliencyResult, class_names: Sequence[str] | None) -> str
     text = {"key": "keys K", "value": "values V", "attention": "attention"}[result.kind]
     label = f"{text} · {result.method}"
     if result.target is not None:
-        name = class_names[result.target] if class_names and result.target < len(class_names) else f"class {result.target}"
+        name = class_names[result.target] if class_names and result.target < len(class_names) else \
+            (result.target_label or f"class {result.target}")
         probability = result.probabilities[result.target] if result.probabilities is not None else None
         label += f"\n{name}" + (f" ({probability:.0%})" if probability is not None else "")
+    elif result.target_label:
+        label += f"\n{result.target_label}"
     return label
 
 
@@ -136,3 +147,61 @@ def save_maps(result: SaliencyResult, path: str | Path) -> Path:
         raise ValueError(f"raw maps are saved as .npz or .npy, not {path.suffix or 'no suffix'!r}")
     return path
 
+
+
+def paper_figure(rows: Sequence[tuple[np.ndarray, SaliencyResult, str]], cmap: str = "inferno",
+                 alpha: float = 0.55) -> Figure:
+    """The paper's Fig. 1b form: one row per ``(image, result, label)``, columns input, X0, X1, X2."""
+    _check_cmap(cmap)
+    if not rows:
+        raise ValueError("a figure needs at least one image")
+    scales = max(len(result.maps) for _, result, _ in rows)
+    columns = 1 + scales
+    figure, axes = new_figure(len(rows), columns, figsize=(1.9 * columns + 0.9, 1.95 * len(rows) + 0.5),
+                              squeeze=False)
+    first = rows[0][1]
+    kind = {"key": "keys K", "value": "values V", "attention": "attention"}.get(first.kind, first.kind)
+    figure.suptitle(f"{first.method} on {kind} · MSCSA block {first.block}, CSA layer {first.layer}", fontsize=10)
+    for row, (image, result, label) in enumerate(rows):
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_ylabel(label, fontsize=7)
+        for column in range(columns):
+            axis = axes[row, column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                continue
+            if column - 1 < len(result.maps):
+                axis.imshow(overlay(image, result.maps[column - 1], cmap, alpha))
+            else:
+                axis.axis("off")
+        if row == 0:
+            axes[0, 0].set_title("input", fontsize=9)
+            names = result.scale_names or [f"X{i}" for i in range(scales)]
+            for column, name in enumerate(names, start=1):
+                axes[0, column].set_title(name, fontsize=9)
+    mappable = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 1))
+    figure.colorbar(mappable, ax=axes[:, 1:].ravel().tolist(), fraction=0.03, pad=0.02, label="relative saliency")
+    return figure
+
+
+def faithfulness_chart(report) -> Figure:
+    """Deletion and insertion curves side by side (a ``FaithfulnessReport``); the random and centre
+    references dashed, each map's area in the legend."""
+    figure, axes = new_figure(1, 2, figsize=(9.5, 3.4))
+    colours = matplotlib.colormaps["viridis"]
+    names = list(report.deletion)
+    for axis, curve, better in ((axes[0], "deletion", "lower"), (axes[1], "insertion", "higher")):
+        curves, areas = getattr(report, f"{curve}_curves"), getattr(report, curve)
+        for index, name in enumerate(names):
+            reference = name in ("random", "centre")
+            axis.plot(report.fractions, curves[name], linestyle="--" if reference else "-",
+                      color="0.45" if name == "random" else ("0.7" if reference else colours(index / max(1, len(names)))),
+                      label=f"{name} ({areas[name]:.3f})")
+        axis.set_xlabel(f"share of the picture {'removed' if curve == 'deletion' else 'revealed'}, most salient first")
+        axis.set_ylabel(f"p({report.target_label})" if report.target is not None else report.target_label)
+        axis.set_title(f"{curve}: area under the curve, {better} is better", fontsize=9)
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

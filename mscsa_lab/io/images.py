@@ -36,12 +36,14 @@ class ImageError(UserError, ValueError):
 @dataclass
 class PreparedImage:
     """``tensor``: 1x3xHxW normalised model input; ``display``: the RGB picture (H x W x 3 uint8)
-    exactly as the model sees it, for overlays; ``original_size``: width, height as loaded."""
+    exactly as the model sees it, for overlays; ``original_size``: width, height as loaded;
+    ``placement``: (sx, sy, ox, oy), an original pixel (x, y) lands at (x sx + ox, y sy + oy) of the input."""
 
     tensor: torch.Tensor
     display: np.ndarray
     original_size: tuple[int, int]
     content_box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the image inside the padding
+    placement: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -143,6 +145,7 @@ def prepare_image(
         left, top = (resized.width - width) // 2, (resized.height - height) // 2
         canvas = resized.crop((left, top, left + width, top + height))
         box = (0, 0, width, height)
+        placement = (resized.width / image.width, resized.height / image.height, -left, -top)
     else:
         scale = min(width / image.width, height / image.height)
         new_w, new_h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
@@ -152,7 +155,8 @@ def prepare_image(
         left, top = (width - new_w) // 2, (height - new_h) // 2
         canvas.paste(resized, (left, top))
         box = (left, top, left + new_w, top + new_h)
+        placement = (new_w / image.width, new_h / image.height, left, top)
     display = np.asarray(canvas, dtype=np.uint8).copy()
     tensor = torch.from_numpy(display).permute(2, 0, 1).float().div(255.0)
     tensor = (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return PreparedImage(tensor.unsqueeze(0), display, original, box)
+    return PreparedImage(tensor.unsqueeze(0), display, original, box, tuple(float(v) for v in placement))
