@@ -2,7 +2,8 @@
 
 Importing the package makes the ``<backbone>_mscsa`` models known to timm: at once when timm is
 already imported, else the moment timm is (``import mscsa_lab, timm`` and ``import timm, mscsa_lab``
-both work). Everything else loads on first use, so ``mscsa-lab --help`` starts as fast as PyTorch.
+both work; see ``_RegisterWithTimm``). Everything else loads on first use, so ``mscsa-lab --help``
+starts as fast as PyTorch.
 
 Layout: ``models`` (model code), ``presets`` (Table 7 profiles), ``registry`` (names -> models, timm
 registrations), ``analysis`` (FLOPs, memory, comparisons, budget, diagram), ``bench`` (throughput and
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
-import importlib.util
 import sys
+import threading
 from typing import Any
 
 __version__ = "0.3.0"
@@ -40,28 +41,68 @@ def __getattr__(name: str) -> Any:
 
 
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):
-    """Waits for ``import timm`` and then imports ``mscsa_lab.registry``, whose ``@register_model``
-    functions add the ``*_mscsa`` models, so that timm never exists without them in this process."""
+    """Makes ``mscsa_lab.registry`` (whose ``@register_model`` functions add the ``*_mscsa`` models) follow
+    ``import timm`` in this process, so that timm never exists without them.
+
+    The registry imports most of the package, so it must not be imported while a module of the package is
+    half-way through its own import (``import mscsa_lab.presets`` imports timm at its top): this finder
+    hands every ``mscsa_lab.*`` module a loader that counts the package's imports in progress, and the
+    registry is imported when timm is loaded and none is in progress, or else as soon as the last ends."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+        self.registered = False
+        self.lock = threading.RLock()
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None):
-        if fullname != "timm":
+        if self.registered or not (fullname == "timm" or fullname.startswith("mscsa_lab.")):
             return None
-        sys.meta_path.remove(self)  # find timm's own spec with the other finders
-        spec = importlib.util.find_spec("timm")
+        spec = None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
         if spec is None or spec.loader is None:
             return spec
-        original = spec.loader
+        spec.loader = _Counted(spec.loader, self, fullname == "timm")
+        return spec
 
-        class _Loader(importlib.abc.Loader):
-            def create_module(self, spec):  # noqa: ANN001 - importlib's protocol
-                return original.create_module(spec)
-
-            def exec_module(self, module):  # noqa: ANN001
-                original.exec_module(module)
+    def finished(self, was_timm: bool) -> None:
+        with self.lock:
+            if was_timm:
+                self.pending = True
+            if self.pending and self.depth == 0 and not self.registered:
+                self.registered = True
                 importlib.import_module("mscsa_lab.registry")
 
-        spec.loader = _Loader()
-        return spec
+
+class _Counted(importlib.abc.Loader):
+    """A module's own loader, with the package's imports in progress counted around it."""
+
+    def __init__(self, loader: Any, registrar: _RegisterWithTimm, is_timm: bool) -> None:
+        self._loader, self._registrar, self._is_timm = loader, registrar, is_timm
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, is_package...: the real loader's
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):  # noqa: ANN001 - importlib's protocol
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):  # noqa: ANN001
+        registrar = self._registrar
+        counted = not self._is_timm
+        if counted:
+            with registrar.lock:
+                registrar.depth += 1
+        try:
+            self._loader.exec_module(module)
+        finally:
+            if counted:
+                with registrar.lock:
+                    registrar.depth -= 1
+        registrar.finished(self._is_timm)
 
 
 if "timm" in sys.modules:

@@ -13,6 +13,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from mscsa_lab.io.export import read_table
 
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "assets" / "screenshots"

@@ -37,12 +37,14 @@ def start_server(runs: Path) -> tuple[subprocess.Popen, str]:
     pytest.fail("the app did not answer within 180 s")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_training_resumes_after_the_server_is_killed(tmp_path):
     runs = tmp_path / "runs"
     state = runs / "restart-run" / "last" / "state.pt"
     server, url = start_server(runs)
     try:
-        Client(url, verbose=False).submit(*TRAIN.values(), "restart-run", False, api_name="/train")
+        Client(url, verbose=False).submit(*TRAIN.values(), "restart-run", False, None, api_name="/train")
         deadline = time.monotonic() + 300
         while not state.is_file():
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
@@ -58,8 +60,8 @@ def test_training_resumes_after_the_server_is_killed(tmp_path):
     try:
         client = Client(url, verbose=False)
         with pytest.raises(Exception, match="a run named 'restart-run' exists.*tick 'Resume'"):
-            client.predict(*TRAIN.values(), "restart-run", False, api_name="/train")
-        status = client.predict(*TRAIN.values(), "restart-run", True, api_name="/train")[0]
+            client.predict(*TRAIN.values(), "restart-run", False, None, api_name="/train")
+        status = client.predict(*TRAIN.values(), "restart-run", True, None, api_name="/train")[0]
     finally:
         server.kill()
         server.wait(timeout=30)

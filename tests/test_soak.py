@@ -5,11 +5,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from gradio_client import Client, handle_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
-BUILD = ("resnet18", "resnet10t", "classification", 64, 64, "", "", "", "", "", True, True, True, "dwconv")
+BUILD = ("resnet18", "resnet10t", "classification", 64, 64, "", "", "", "", "", True, True, True, "dwconv", "1000",
+         False, None)
 CLIENTS = 4
 REQUESTS = 200
 TIME_LIMIT_S = 600
@@ -50,6 +52,8 @@ def _request(client: Client, index: int) -> None:
         raise AssertionError("a bad depth was accepted")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_soak_of_mixed_concurrent_requests_and_memory_growth(app_url):
     clients = [Client(app_url, verbose=False) for _ in range(CLIENTS)]
     failures: list[str] = []
