@@ -198,7 +198,7 @@ def _check(value: Any, spec: Field, path: str) -> Any:
         if below or (spec.high is not None and value > spec.high):
             shown = value if abs(value) < 1e15 else f"{value:.3g}"
             raise SchemaError(f"{_name(path)}={shown} is out of range: {_range_text(spec)}", path)
-        return float(value) if kind == "number" else value
+        return value
     elif kind == "boolean":
         if not isinstance(value, bool):
             raise fail(f"must be true or false, got {describe_value(value)}")
@@ -248,7 +248,7 @@ def _check_table(value: dict, spec: Field, path: str) -> dict:
 
 
 def check(data: Any, schema: Field, where: str = "", error: type[Exception] = SchemaError) -> Any:
-    """``data`` checked against ``schema`` (numbers as float, sequences as lists), or ``error`` with a
+    """``data`` checked against ``schema`` (sequences as lists), or ``error`` with a
     message that starts with ``where`` (the file) and names the field."""
     try:
         return _check(data, schema, "")
