@@ -256,18 +256,19 @@ def profile_names(folder: str | Path | None = None) -> list[str]:
     return [p.name for p in list_profiles(folder)]
 
 
-def load_profile(name: str) -> Profile:
-    """A bundled profile by its name, model name (``resnet50_mscsa``), backbone name or title, tried
-    in that order over all profiles, so a name matches the same profile whatever the folder order."""
+def load_profile(name: str, folder: str | Path | None = None) -> Profile:
+    """A profile of ``folder`` (the bundled ``profiles/`` by default) by its name, model name
+    (``resnet50_mscsa``), backbone name or title, tried in that order over all profiles, so a name
+    matches the same profile whatever the folder order. A skipped file's name says why it was skipped."""
     if not isinstance(name, str):
         raise ProfileError(f"profile name must be a string, got {type(name).__name__}")
     key = name.strip()
-    profiles = list_profiles()
+    profiles = list_profiles(folder)
     for attribute in ("name", "model_name", "backbone", "title"):
         for profile in profiles:
             if getattr(profile, attribute) == key:
                 return profile
-    for item in skipped_profiles():
+    for item in skipped_profiles(folder):
         if key and key in (item.name, item.path.stem):
             raise ProfileUnavailable(f"profile {shown_name(key)} is unavailable: {item.reason}")
     raise ProfileError(f"unknown profile {shown_name(name)}; available: {', '.join(p.name for p in profiles)}")

@@ -218,6 +218,8 @@ def _check(value: Any, spec: Field, path: str) -> Any:
             unit = "characters" if kind == "text" else "entries"
             if kind == "text" and low == 1 and len(value) == 0:
                 raise fail("must not be empty")
+            if low == high:
+                raise fail(f"must have exactly {low} {unit}, got {len(value)}")
             raise fail(f"has {len(value)} {unit}: between {low} and {high} are allowed")
     return value
 
