@@ -101,6 +101,14 @@ def test_image_sources_are_capped(tmp_path):
     assert outcome and "named pipe" in str(outcome[0].value)
     with pytest.raises(ImageError, match="an image must be a file path"):
         load_image(12)
+    data = tmp_path / "data" / "cats"
+    data.mkdir(parents=True)
+    outside = tmp_path / "outside.png"
+    write_corpus(tmp_path, [case for case in image_cases() if case.name == "RGBA"])[0][1].rename(outside)
+    (data / "cat.png").symlink_to(outside)
+    assert load_image(data / "cat.png").size == (128, 96)
+    with pytest.raises(ImageError, match=r"image file '.*cat.png' points outside '.*data'"):
+        load_image(data / "cat.png", root=tmp_path / "data")
 
 
 # ---------------------------------------------------------------------- checkpoints

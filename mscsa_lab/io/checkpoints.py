@@ -10,7 +10,6 @@ a float model), naming a few and counting the rest.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import struct
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from mscsa_lab.errors import UserError
-from mscsa_lab.io.guarded import checked_file, parse_json, resolve_inside, shown_name
+from mscsa_lab.io.guarded import checked_file, parse_json, read_json, resolve_inside, shown_name
 from mscsa_lab.io.numbers import human_bytes
 from mscsa_lab.paths import ASSETS_DIR
 
@@ -84,7 +83,8 @@ def _safetensors_tensor_count(path: Path, max_tensors: int) -> int:
         if length > size - 8:
             raise CheckpointError(f"{path.name} is not a valid safetensors file: its header claims "
                                   f"{human_bytes(length)}, more than the file holds (truncated?)")
-        header = parse_json(handle.read(length), f"{path.name}'s safetensors header", error=CheckpointError)
+        header = parse_json(handle.read(length), f"{path.name} is not a valid safetensors file: its header",
+                            error=CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name} is not a valid safetensors file: its header is not a table of tensors")
     count = len(header) - ("__metadata__" in header)
@@ -270,7 +270,7 @@ def demo_metadata() -> dict[str, Any]:
         raise CheckpointError(
             "the demo model is missing: run `python scripts/make_demo_model.py` to generate it (about 15 minutes on CPU)"
         )
-    return json.loads(DEMO_METADATA.read_text())
+    return read_json(DEMO_METADATA, 1024**2, what="demo model file", error=CheckpointError)
 
 
 def load_demo_model() -> tuple[nn.Module, dict[str, Any]]:

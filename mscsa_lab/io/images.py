@@ -110,9 +110,11 @@ def _decode(data: bytes) -> Image.Image:
     return image
 
 
-def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray) -> Image.Image:
+def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray,
+               root: str | os.PathLike | None = None) -> Image.Image:
     """Open, check and normalise an image to 8-bit RGB with EXIF orientation applied. A path must be
-    a regular file of at most ``MAX_FILE_BYTES``; only ``ALLOWED_FORMATS`` are decoded."""
+    a regular file of at most ``MAX_FILE_BYTES`` (resolving inside ``root`` when given: a training
+    folder's images stay in the folder); only ``ALLOWED_FORMATS`` are decoded."""
     if isinstance(source, np.ndarray):
         if source.ndim not in (2, 3) or source.size == 0:
             raise ImageError(f"an image array must be H x W or H x W x C, got shape {source.shape}")
@@ -128,7 +130,7 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.n
         image = source
     else:
         if isinstance(source, (str, os.PathLike)):
-            data = read_bytes(source, MAX_FILE_BYTES, what="image file", error=ImageError, allow_empty=True)
+            data = read_bytes(source, MAX_FILE_BYTES, root, what="image file", error=ImageError, allow_empty=True)
         elif isinstance(source, (bytes, bytearray)):
             data = bytes(source)
             if len(data) > MAX_FILE_BYTES:
