@@ -203,7 +203,8 @@ BAD_RUNS = [
     ({"input_size": [8000, 8000]}, r"'input_size\[0\]'=8000 is out of range: choose 32..4096"),
     ({"mscsa": {"depth": 24, "num_heads": 65}}, r"'mscsa': invalid MSCSA configuration: num_heads=65 is out of range"),
     ({"mscsa": [1]}, r"'mscsa' must be a table of MSCSA settings, got a list"),
-    ({"preprocessing": {"mean": [0.5, 0.5], "std": [1, 1, 1]}}, r"'preprocessing.mean' must have exactly 3 entries, got 2"),
+    ({"preprocessing": {"mean": [0.5, 0.5], "std": [1, 1, 1]}},
+     r"'preprocessing.mean' must have exactly 3 entries, got 2"),
     ({"preprocessing": {"mean": [0, 0, 0], "std": [1, 0, 1]}}, r"'preprocessing.std\[1\]'=0 is out of range"),
     ({"backbone": ...}, r"'backbone' is missing: it is required"),
     ({"weights": "../../outside.safetensors"}, r"'weights' must be a file name inside the run folder"),
@@ -212,7 +213,8 @@ BAD_RUNS = [
 ]
 
 
-@pytest.mark.parametrize("changes, message", BAD_RUNS, ids=[next(iter(c)) + str(i) for i, (c, _) in enumerate(BAD_RUNS)])
+@pytest.mark.parametrize("changes, message", BAD_RUNS,
+                         ids=[next(iter(c)) + str(i) for i, (c, _) in enumerate(BAD_RUNS)])
 def test_malformed_model_json_names_the_field(demo, tmp_path, changes, message):
     folder = run_folder(tmp_path / "run", changes, demo[1])
     with pytest.raises(RunMetadataError, match=r"^run file '.*model.json': " + message):
