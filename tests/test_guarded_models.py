@@ -112,6 +112,7 @@ def test_image_sources_are_capped(tmp_path):
 
 
 # ---------------------------------------------------------------------- checkpoints
+@pytest.mark.slow  # writes the 40 MB, 600k-tensor file and a 30k-entry zip: 3-8 s
 def test_checkpoint_corpus_from_the_library(demo, tmp_path):
     model, _ = demo
     marker = tmp_path / PAYLOAD_MARKER
@@ -164,6 +165,13 @@ def test_tensor_counts_are_read_from_the_header(tmp_path):
         read_state_dict(tmp_path / "30k.safetensors")
     many_tensors_safetensors(300)(tmp_path / "300.safetensors")
     assert len(read_state_dict(tmp_path / "300.safetensors")) == 300
+    huge_header = tmp_path / "600k.safetensors"  # the header length of 600k tensors; sparse, never read
+    with open(huge_header, "wb") as handle:
+        handle.write((42 * 10**6).to_bytes(8, "little"))
+        handle.truncate(45 * 10**6)
+    with pytest.raises(CheckpointError, match=r"600k.safetensors: its safetensors header is 40.1 MiB \(more than about "
+                                              r"83,886 tensors\), above the limit of 8.00 MiB; no model here holds"):
+        read_state_dict(huge_header)
     lying = tmp_path / "lying.safetensors"
     lying.write_bytes((10**6).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match=r"its header claims 977 KiB, more than the file holds"):
