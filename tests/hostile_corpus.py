@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-__all__ = ["Case", "image_cases", "checkpoint_cases", "write_corpus", "PAYLOAD_MARKER"]
+__all__ = ["Case", "image_cases", "checkpoint_cases", "write_corpus", "PAYLOAD_MARKER", "many_tensors_safetensors",
+           "many_entries_zip", "eps_bytes"]
 
 PAYLOAD_MARKER = "mscsa_lab_payload_ran"
 
@@ -81,6 +82,19 @@ def _save(image_fn: Callable[[], Image.Image], fmt: str) -> Callable[[Path], Non
     return make
 
 
+def eps_bytes() -> bytes:
+    """A real EPS file (Pillow's own encoder): opening it with plain Pillow runs Ghostscript."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="EPS")
+    return buffer.getvalue()
+
+
+def _pdf_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(buffer, format="PDF")
+    return buffer.getvalue()
+
+
 def image_cases() -> list[Case]:
     good = _png_bytes(_sample())
     return [
@@ -100,7 +114,39 @@ def image_cases() -> list[Case]:
         Case("CMYK jpeg", "cmyk.jpg", _save(lambda: _sample().convert("CMYK"), "JPEG"), "ok"),
         Case("animated gif", "anim.gif", _write(_animated()), "ok"),
         Case("EXIF-rotated jpeg", "rotated.jpg", _write(_exif_rotated()), "ok"),
+        Case("EPS (Ghostscript)", "drawing.eps", _write(eps_bytes()), r"PostScript/EPS files are documents"),
+        Case("EPS renamed .png", "drawing.png", _write(eps_bytes()), r"PostScript/EPS files are documents"),
+        Case("PDF", "page.pdf", _write(_pdf_bytes()), r"PDF files are documents"),
+        Case("PostScript", "page.ps", _write(b"%!PS-Adobe-3.0\n/Helvetica findfont\nshowpage\n"),
+             r"PostScript/EPS files are documents"),
+        Case("SGI image (not an accepted format)", "picture.sgi", _save(lambda: _sample().convert("RGB"), "SGI"),
+             r"not an image Pillow can read here \(accepted: PNG, JPEG"),
     ]
+
+
+def many_tensors_safetensors(count: int = 600_000) -> Callable[[Path], None]:
+    """A valid safetensors file of ``count`` one-float tensors, written directly (header JSON, then
+    the data): about 40 MB for 600k tensors, which safetensors itself takes tens of seconds to load."""
+    def make(path: Path) -> None:
+        entries = ",".join(f'"t{i}":{{"dtype":"F32","shape":[1],"data_offsets":[{4 * i},{4 * i + 4}]}}'
+                           for i in range(count))
+        header = ("{" + entries + "}").encode()
+        header += b" " * (-len(header) % 8)
+        path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4 * count))
+    return make
+
+
+def many_entries_zip(count: int = 30_000) -> Callable[[Path], None]:
+    """A zip archive laid out like torch.save's (``archive/data.pkl``, ``archive/data/N``) with
+    ``count`` storage entries: its directory alone announces more tensors than any model has."""
+    def make(path: Path) -> None:
+        import zipfile
+
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("archive/data.pkl", pickle.dumps({}))
+            for i in range(count):
+                archive.writestr(f"archive/data/{i}", b"\0\0\0\0")
+    return make
 
 
 class _Payload:
@@ -126,6 +172,9 @@ def checkpoint_cases(marker: Path, good_state: dict | None = None) -> list[Case]
         Case("zero-byte .safetensors", "empty.safetensors", _write(b""), r"empty|not a readable safetensors|safetensors"),
         Case("random bytes .safetensors", "random.safetensors", _write(os.urandom(4096)), r"safetensors"),
         Case("image renamed .pth", "image.pth", _write(_png_bytes(_sample())), r"not a PyTorch checkpoint"),
+        Case("600k tensors", "many.safetensors", many_tensors_safetensors(),
+             r"safetensors header is .*above the limit of 8.00 MiB; no model here holds that many tensors"),
+        Case("30k zip entries", "many.pth", many_entries_zip(), r"holds 30,001 entries, above the limit of 20,000"),
     ]
     if good_state is not None:
         contiguous = {k: v.contiguous() for k, v in good_state.items()}
@@ -148,7 +197,18 @@ def checkpoint_cases(marker: Path, good_state: dict | None = None) -> list[Case]
             save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                        for k, v in contiguous.items()}, str(path))
 
+        def retyped(dtype):
+            def make(path: Path) -> None:
+                save_file({k: (v.to(dtype) if v.is_floating_point() else v) for k, v in contiguous.items()}, str(path))
+            return make
+
         cases += [
+            Case("int8 weights", "int8.safetensors", retyped(torch.int8), r"of a type this model cannot use .*int8"),
+            Case("bool weights", "bool.safetensors", retyped(torch.bool), r"of a type this model cannot use .*bool"),
+            Case("fp8 weights", "fp8.safetensors", retyped(torch.float8_e4m3fn),
+                 r"of a type this model cannot use .*float8_e4m3fn"),
+            Case("complex weights", "complex.safetensors", retyped(torch.complex64),
+                 r"of a type this model cannot use .*complex64"),
             Case("safetensors with wrong keys", "keys.safetensors", wrong_keys, r"does not fit this model: \d+ missing"),
             Case("safetensors with wrong shapes", "shapes.safetensors", wrong_shapes, r"of the wrong shape"),
             Case("truncated safetensors", "truncated.safetensors", truncated, r"safetensors"),

@@ -121,25 +121,112 @@ def estimate_cost(profile: str | None = None, backbone: str | None = None, task:
     return cost_at_batch(unit, batch, keeps_activations)
 
 
-def _cgroup_free_bytes() -> float:
-    """Free memory under this process's cgroup (containers), or inf when there is no limit."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit_text = Path(limit_file).read_text().strip()
-            usage = float(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
+_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def _read_number(path: Path) -> float | None:
+    """A cgroup file's number: None when absent or unreadable, inf for "max" (v2's no limit)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return math.inf
+    try:
+        value = float(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+    return math.inf if value >= _UNLIMITED else value
+
+
+def _reclaimable(stat_file: Path, key: str) -> float:
+    """Inactive file cache the kernel can drop under pressure (``memory.stat``), counted as free."""
+    try:
+        for line in stat_file.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return float(value)
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def _own_cgroups(proc_cgroup: Path) -> tuple[str | None, str | None]:
+    """This process's (v2 path, v1 memory-controller path) from ``/proc/self/cgroup``."""
+    unified = memory = None
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
             continue
-        if limit_text == "max" or float(limit_text) > 2**60:
-            return math.inf
-        return max(0.0, float(limit_text) - usage)
-    return math.inf
+        _, controllers, path = parts
+        if controllers == "" and parts[0] == "0":
+            unified = path
+        elif "memory" in controllers.split(","):
+            memory = path
+    return unified, memory
 
 
-def available_memory_bytes(device: str | torch.device = "cpu") -> float:
+def _walk_free(base: Path, own: str | None, limit_names: tuple[str, ...], usage_name: str,
+               stat_key: str) -> float:
+    """The smallest (limit - usage + reclaimable cache) from the process's cgroup up to ``base``.
+
+    The process's path may be absent under ``base`` (a container sees its own cgroup at the mount's
+    root while /proc/self/cgroup shows the host's path): then the walk starts at ``base`` itself."""
+    start = base / own.strip("/") if own and own.strip("/") else base
+    if not start.is_dir() or ".." in Path(own or "").parts:
+        start = base
+    free = math.inf
+    level = start
+    while True:
+        limits = [value for name in limit_names if (value := _read_number(level / name)) is not None]
+        limit = min(limits, default=math.inf)
+        if math.isfinite(limit):
+            usage = _read_number(level / usage_name)
+            if usage is not None and math.isfinite(usage):
+                cache = _reclaimable(level / "memory.stat", stat_key)
+                free = min(free, max(0.0, limit - usage + cache))
+        if level == base or base not in level.parents:
+            break
+        level = level.parent
+    return free
+
+
+def _cgroup_free_bytes(cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
+                       proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> float:
+    """Free memory under this process's own cgroup and every cgroup above it (the tightest limit
+    wins: a job capped at 5 GB inside a container capped at 16 GB has 5 GB less its usage), or inf
+    when no limit applies. Reads cgroup v2 (``memory.max``/``memory.high``, ``memory.current``) and
+    v1 (``memory/…/memory.limit_in_bytes``, ``memory.usage_in_bytes``); the inactive file cache,
+    which the kernel reclaims before failing, counts as free. ``cgroup_root`` and ``proc_cgroup`` are
+    parameters so tests can point them at a fake tree."""
+    root, proc = Path(cgroup_root), Path(proc_cgroup)
+    unified, memory = _own_cgroups(proc)
+    free = math.inf
+    if memory is not None and (root / "memory").is_dir():
+        free = min(free, _walk_free(root / "memory", memory, ("memory.limit_in_bytes",), "memory.usage_in_bytes",
+                                    "total_inactive_file"))
+    if unified is not None:
+        for base in (root, root / "unified"):  # pure v2, or the hybrid layout's v2 mount
+            if (base / "cgroup.controllers").is_file() or (base / "memory.max").is_file():
+                free = min(free, _walk_free(base, unified, ("memory.max", "memory.high"), "memory.current",
+                                            "inactive_file"))
+                break
+    if unified is None and memory is None:  # no /proc (another OS, a sandbox): the root files alone
+        free = min(_walk_free(root, None, ("memory.max", "memory.high"), "memory.current", "inactive_file"),
+                   _walk_free(root / "memory", None, ("memory.limit_in_bytes",), "memory.usage_in_bytes",
+                              "total_inactive_file"))
+    return free
+
+
+def available_memory_bytes(device: str | torch.device = "cpu", cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
+                           proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> float:
     """Memory free for new work now: on CUDA the device's free memory, on the CPU the smaller of the
-    kernel's MemAvailable and the container's limit minus its usage (inf when neither is known)."""
+    kernel's MemAvailable and what this process's cgroups (nested or not) leave it (inf when neither
+    is known)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -153,7 +240,7 @@ def available_memory_bytes(device: str | torch.device = "cpu") -> float:
     except OSError:
         if hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
             available = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    return min(available, _cgroup_free_bytes())
+    return min(available, _cgroup_free_bytes(cgroup_root, proc_cgroup))
 
 
 def meta_model(*args: Any, **kwargs: Any) -> Any:

@@ -1,6 +1,9 @@
 """Images as users give them, turned into model inputs, with clear errors for the rest.
 
-Any format Pillow reads; EXIF orientation applied; grayscale, palette, RGBA (composited on white),
+The formats photos and datasets come in (``ALLOWED_FORMATS``: PNG, JPEG, WebP, BMP, GIF, TIFF...); no
+other Pillow decoder ever runs, so an EPS, PostScript or PDF upload is refused before Pillow could
+hand it to Ghostscript (an external program that can run for ever and outlive the request). EXIF
+orientation applied; grayscale, palette, RGBA (composited on white),
 16-bit and float images converted to 8-bit RGB; animated files give their first frame; corrupt files
 and decompression bombs are rejected with a message. Resizing follows timm's preprocessing (the
 backbone's mean/std and interpolation): either the whole image resized to the input size with its
@@ -12,7 +15,6 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -20,13 +22,20 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mscsa_lab.errors import UserError
+from mscsa_lab.io.guarded import read_bytes, read_stream, shown_name
 
-__all__ = ["ImageError", "PreparedImage", "load_image", "prepare_image", "MAX_PIXELS", "MIN_SIDE", "FIT_MODES"]
+__all__ = ["ImageError", "PreparedImage", "load_image", "prepare_image", "MAX_PIXELS", "MIN_SIDE", "FIT_MODES",
+           "ALLOWED_FORMATS", "MAX_FILE_BYTES"]
 
 MAX_PIXELS = 40_000_000  # about 6300 x 6300; more is refused before decoding (bomb guard)
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MIN_SIDE = 8
 FIT_MODES = ("pad", "crop")
+# Pillow's names of the formats accepted; MPO is how Pillow names many phone JPEGs.
+ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "ICO", "AVIF")
+_ACCEPTED_TEXT = "PNG, JPEG, WebP, BMP, GIF, TIFF, PPM/PGM, TGA, ICO or AVIF"
+# Formats that are programs rather than pictures (Pillow renders them by running Ghostscript).
+_DOCUMENT_SIGNATURES = ((b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"))
 
 
 class ImageError(UserError, ValueError):
@@ -60,8 +69,53 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray) -> Image.Image:
-    """Open, check and normalise an image to 8-bit RGB with EXIF orientation applied."""
+def _refuse_unaccepted(data: bytes) -> None:
+    """The message for a file none of the accepted decoders recognised."""
+    head = data[:2048]
+    for signature, kind in _DOCUMENT_SIGNATURES:
+        if head.lstrip()[: len(signature)] == signature:
+            raise ImageError(f"{kind} files are documents, not pictures, and are not opened here (rendering them would "
+                             "run an external interpreter): export the picture as PNG or JPEG first") from None
+    if b"<svg" in head.lower():
+        raise ImageError("SVG is a vector format, not pixels: export it as PNG (or JPEG) first") from None
+    raise ImageError(f"this file is not an image Pillow can read here (accepted: {_ACCEPTED_TEXT}): "
+                     "convert it to PNG or JPEG first") from None
+
+
+def _registered_formats() -> tuple[str, ...]:
+    """The accepted formats this Pillow build can open (AVIF needs libavif; MPO opens as JPEG)."""
+    Image.init()
+    return tuple(name for name in ALLOWED_FORMATS if name in Image.OPEN)
+
+
+def _decode(data: bytes) -> Image.Image:
+    """The first frame of ``data`` decoded by an accepted Pillow plugin, within the pixel limit."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=_registered_formats())
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels: the limit is "
+                                 f"{MAX_PIXELS / 1e6:.0f} megapixels (a decompression bomb guard); downscale it first")
+            image.seek(0)  # animated images: the first frame
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"image refused as a possible decompression bomb: {error}") from None
+    except UnidentifiedImageError:
+        _refuse_unaccepted(data)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"the image file is corrupt or truncated: {str(error)[:200]}") from None
+    return image
+
+
+def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray,
+               root: str | os.PathLike | None = None) -> Image.Image:
+    """Open, check and normalise an image to 8-bit RGB with EXIF orientation applied. A path must be
+    a regular file of at most ``MAX_FILE_BYTES`` (resolving inside ``root`` when given: a training
+    folder's images stay in the folder); only ``ALLOWED_FORMATS`` are decoded."""
     if isinstance(source, np.ndarray):
         if source.ndim not in (2, 3) or source.size == 0:
             raise ImageError(f"an image array must be H x W or H x W x C, got shape {source.shape}")
@@ -72,42 +126,24 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.n
             array = ((array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)).astype(np.uint8)
         source = Image.fromarray(array[..., :3] if array.ndim == 3 else array)
     if isinstance(source, Image.Image):
+        if source.format is not None and source.format not in ALLOWED_FORMATS:
+            raise ImageError(f"{source.format} images are not opened here: convert it to PNG or JPEG first")
         image = source
     else:
         if isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            if not path.is_file():
-                raise ImageError(f"image file {str(path)!r} does not exist")
-            if path.stat().st_size > MAX_FILE_BYTES:
-                raise ImageError(f"image file is {path.stat().st_size / 2**20:.0f} MB: the limit is "
-                                 f"{MAX_FILE_BYTES // 2**20} MB")
-            data = path.read_bytes()
-        elif isinstance(source, bytes):
-            data = source
+            data = read_bytes(source, MAX_FILE_BYTES, root, what="image file", error=ImageError, allow_empty=True)
+        elif isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+            if len(data) > MAX_FILE_BYTES:
+                raise ImageError(f"image is {len(data) / 2**20:.0f} MB: the limit is {MAX_FILE_BYTES // 2**20} MB")
+        elif hasattr(source, "read"):
+            data = read_stream(source, MAX_FILE_BYTES, what="image", error=ImageError)
         else:
-            data = source.read()
+            raise ImageError(f"an image must be a file path, bytes, a file object, a PIL image or an array, "
+                             f"got {shown_name(type(source).__name__)}")
         if not data:
             raise ImageError("the image file is empty")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels: the limit is "
-                                     f"{MAX_PIXELS / 1e6:.0f} megapixels (a decompression bomb guard); downscale it first")
-                image.seek(0)  # animated images: the first frame
-                image.load()
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageError(f"image refused as a possible decompression bomb: {error}") from None
-        except UnidentifiedImageError:
-            if b"<svg" in data[:2048].lower():
-                raise ImageError("SVG is a vector format, not pixels: export it as PNG (or JPEG) first") from None
-            raise ImageError("this file is not an image Pillow can read (use PNG, JPEG, WebP, BMP, TIFF, GIF...)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise ImageError(f"the image file is corrupt or truncated: {error}") from None
+        image = _decode(data)
     width, height = image.size
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"image is {width}x{height}: each side must be at least {MIN_SIDE} pixels")
