@@ -32,11 +32,16 @@ __all__ = ["ModelPair", "Configuration", "build_pair", "measure_pair", "compare_
 @dataclass(frozen=True)
 class Configuration:
     """One row of a comparison: a profile or timm name with its own MSCSA settings, under a label
-    (so the same backbone can appear with several configurations side by side)."""
+    (so the same backbone can appear with several configurations side by side), optionally at its own
+    input size and task (a configuration pinned in the Build tab keeps the ones it was built with).
+    ``modified``: its MSCSA settings differ from the profile's, so the paper's figures do not apply."""
 
     label: str
     name: str
     settings: tuple[tuple[str, Any], ...] = ()
+    input_size: tuple[int, int] | None = None
+    task: str | None = None
+    modified: bool = False
 
     @property
     def settings_dict(self) -> dict[str, Any]:
@@ -49,9 +54,10 @@ def as_configuration(item: Any, **settings: Any) -> Configuration:
     if isinstance(item, Configuration):
         return item
     if hasattr(item, "settings") and hasattr(item, "label") and hasattr(item, "backbone"):  # a ModelSpec
-        return Configuration(label=item.label, name=item.profile or item.backbone, settings=tuple(item.settings))
+        return Configuration(label=item.label, name=item.profile or item.backbone, settings=tuple(item.settings),
+                             input_size=tuple(item.input_size), task=item.task, modified=item.modified)
     name = getattr(item, "name", item)
-    return Configuration(label="", name=str(name), settings=tuple(sorted(settings.items())))
+    return Configuration(label="", name=str(name), settings=tuple(sorted(settings.items())), modified=bool(settings))
 
 
 @dataclass
@@ -66,6 +72,8 @@ class ModelPair:
     params_mscsa: int
     uncounted_ops: dict[str, int]
     paper: dict[str, float]
+    input_size: tuple[int, int] = (224, 224)
+    task: str = "classification"
     fps: float | None = None
     fps_mscsa: float | None = None
     dfps_interval: tuple[float, float] | None = None  # 95% interval of dFPS (%), when measured interleaved
@@ -106,17 +114,21 @@ def measure_pair(
     input_size: tuple[int, int] = (224, 224),
     task: str = "classification",
     batch: int = 1,
+    modified: bool | None = None,
     **settings: Any,
 ) -> ModelPair:
-    """Build the backbone alone and with MSCSA and count both."""
+    """Build the backbone alone and with MSCSA and count both. ``modified``: the settings differ from the
+    profile's (default: any settings given), so the paper's figures are left out."""
     size = parse_input_size(*input_size)
-    return measure_built_pair(*build_pair(name, size, task, **settings), size, task, batch)
+    modified = bool(settings) if modified is None else modified
+    return measure_built_pair(*build_pair(name, size, task, **settings), size, task, batch, modified)
 
 
 def measure_built_pair(label: str, profile: Profile | None, base: torch.nn.Module, model: torch.nn.Module,
-                   size: tuple[int, int], task: str, batch: int = 1) -> ModelPair:
+                       size: tuple[int, int], task: str, batch: int = 1, modified: bool = False) -> ModelPair:
+    """Count a built pair; the paper's figures stand beside an unmodified profile only."""
     height, width = size
-    x = torch.zeros(batch, 3, height, width)
+    x = torch.zeros(batch, int(getattr(model, "in_chans", 3)), height, width)
     flops, uncounted = _count(base, x)
     flops_mscsa, uncounted_mscsa = _count(model, x)
     for op, count in uncounted_mscsa.items():
@@ -129,7 +141,9 @@ def measure_built_pair(label: str, profile: Profile | None, base: torch.nn.Modul
         params=sum(p.numel() for p in base.parameters()),
         params_mscsa=sum(p.numel() for p in model.parameters()),
         uncounted_ops=uncounted,
-        paper=paper_figures(profile, task, size),
+        paper={} if modified else paper_figures(profile, task, size),
+        input_size=tuple(size),
+        task=task,
     )
 
 
@@ -169,16 +183,19 @@ def comparison_table(
     rows, uncounted = [], {}
     pairs = list(pairs)
     with_fps = any(p.fps is not None for p in pairs)
+    mixed = len({(tuple(p.input_size), p.task) for p in pairs}) > 1  # pinned configurations keep their own
     for pair in pairs:
-        row = {
-            "Model": pair.name,
+        row = {"Model": pair.name}
+        if mixed:
+            row.update({"Input": f"{pair.input_size[0]}x{pair.input_size[1]}", "Task": pair.task})
+        row.update({
             "FLOPs (G)": pair.flops * factor / 1e9,
             "+MSCSA FLOPs (G)": pair.flops_mscsa * factor / 1e9,
             "dFLOPs (%)": relative_change(pair.flops_mscsa, pair.flops),
             "Params (M)": pair.params / 1e6,
             "+MSCSA Params (M)": pair.params_mscsa / 1e6,
             "dParams (%)": relative_change(pair.params_mscsa, pair.params),
-        }
+        })
         if with_fps:
             low, high = pair.dfps_interval or (nan, nan)
             row.update({"FPS": pair.fps if pair.fps is not None else nan,
@@ -206,15 +223,16 @@ def comparison_table(
         notes.append("Paper figures: Table 3 of Shang et al. (2023), ADE20K at 512x512, FLOPs only "
                      "(shown for 512x512 inputs).")
     else:
-        notes.append("Paper figures: Table 6 of Shang et al. (2023), ImageNet-1k at 224x224, FPS on one NVIDIA A100.")
+        notes.append("Paper figures: Table 6 of Shang et al. (2023), ImageNet-1k at 224x224, FPS on one NVIDIA A100; "
+                     "beside the paper's own configurations only (a changed setting leaves them out).")
     notes.append(uncounted_note(uncounted))
     metadata = run_metadata(input_size=f"{height}x{width}", batch=batch, task=task, flops_convention=convention,
                             **(extra_metadata or {}))
     frame = pd.DataFrame(rows)
-    paper_columns = [c for c in ("Model", "FLOPs (G)", "+MSCSA FLOPs (G)", "dFLOPs (%)", "Paper FLOPs (G)",
-                                 "Paper +MSCSA FLOPs (G)") if c in frame.columns]
-    return ResultTable(f"Backbones with and without MSCSA ({task}, {height}x{width})", frame, metadata, notes,
-                       paper_columns)
+    paper_columns = [c for c in ("Model", "Input", "Task", "FLOPs (G)", "+MSCSA FLOPs (G)", "dFLOPs (%)",
+                                 "Paper FLOPs (G)", "Paper +MSCSA FLOPs (G)") if c in frame.columns]
+    where = "each at its own input size and task" if mixed else f"{task}, {height}x{width}"
+    return ResultTable(f"Backbones with and without MSCSA ({where})", frame, metadata, notes, paper_columns)
 
 
 def compare_backbones(
@@ -236,7 +254,8 @@ def compare_backbones(
         label = entry.label or entry.name
         if progress is not None:
             progress(index / len(entries), f"{label}: building and counting with and without MSCSA")
-        pair = measure_pair(entry.name, size, task, batch, **entry.settings_dict)
+        pair = measure_pair(entry.name, entry.input_size or size, entry.task or task, batch, entry.modified,
+                            **entry.settings_dict)
         if entry.label:
             pair.name = entry.label
         pairs.append(pair)

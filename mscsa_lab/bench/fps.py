@@ -84,6 +84,7 @@ class ABResult:
     stopped_by: str = "repeats"  # "repeats" (fixed), "interval" (narrow enough), "max_repeats", "time"
     other_load: float = float("nan")  # share of all cores other processes used meanwhile
     warnings: list[str] = field(default_factory=list)
+    stable: bool = True  # every ratio's interval met the target after enough rounds
 
     def ratio(self, name: str) -> float:
         return statistics.median(self.ratios[name])
@@ -91,6 +92,12 @@ class ABResult:
     def ratio_interval(self, name: str) -> Interval:
         """The median per-round ratio of ``name`` over the first model, with its 95% interval."""
         return median_interval(self.ratios[name])
+
+    def widest_half_width(self) -> float:
+        """The widest 95% interval of any ratio (half-width, as a fraction): the one spread figure that the
+        warnings, the Check column and the charts all quote."""
+        names = list(self.ratios)[1:]
+        return max((self.ratio_interval(name).half_width for name in names), default=0.0)
 
     def pair_interval(self, numerator: str, denominator: str) -> Interval:
         """Per-round FPS(numerator) / FPS(denominator), e.g. the fast path over the reference modules."""
@@ -298,13 +305,16 @@ def _warnings(result: ABResult, settings: BenchmarkSettings, load: OtherLoad) ->
                                 "the machine is noisy")
     names = list(result.ratios)[1:]
     if names:
-        widest = max(result.ratio_interval(name).half_width for name in names)
+        widest = result.widest_half_width()
         if result.stopped_by in ("time", "max_repeats") and widest > settings.target_interval:
             cap = f"{settings.max_seconds:.0f} s" if result.stopped_by == "time" else f"{settings.max_repeats} rounds"
             warnings.append(f"the ratio's 95% interval is still +-{100 * widest:.1f}% after {result.rounds} rounds "
                             f"({cap} cap; target +-{100 * settings.target_interval:.1f}%): not a stable answer")
+            result.stable = False
         elif result.rounds < 6:
-            warnings.append(f"only {result.rounds} rounds: no 95% interval exists below 6, the range is shown instead")
+            warnings.append(f"only {result.rounds} rounds: no 95% interval exists below 6, the range "
+                            f"(+-{100 * widest:.1f}%) is shown instead: not a stable answer")
+            result.stable = False
     return warnings
 
 

@@ -128,7 +128,10 @@ def attention_mass_chart(result: SaliencyResult) -> Figure:
         bottom += shares[:, scale]
     axis.set_ylim(0, 1)
     axis.set_ylabel("share of attention mass")
-    axis.set_title(f"Attention received per scale (block {result.block}, CSA {result.layer})")
+    from mscsa_lab.io.figures import wrapped_title
+
+    axis.set_title(wrapped_title(f"Attention received per scale (block {result.block}, CSA {result.layer})",
+                                 figure.get_figwidth()))
     axis.legend(fontsize=8, loc="upper right")
     axis.tick_params(axis="x", labelrotation=30)
     figure.tight_layout()

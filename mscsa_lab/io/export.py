@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,15 +111,28 @@ class ResultTable:
         return json.dumps(dict(title=self.title, metadata=self.metadata, notes=self.notes,
                                columns=list(self.frame.columns), paper_columns=self.paper_columns), indent=2, default=str)
 
+    def flagged_rows(self) -> list[tuple[int, str]]:
+        """(row, why) of the rows a ``Check`` column says are not findings (noise, impossible values)."""
+        if "Check" not in self.frame.columns:
+            return []
+        return [(i, str(check)) for i, check in enumerate(self.frame["Check"])
+                if str(check).strip() not in ("ok", "", "nan", "-")]
+
     def to_markdown(self, digits: int = DEFAULT_DIGITS) -> str:
         columns = list(self.frame.columns)
+        flagged = dict(self.flagged_rows())
         lines = [f"### {self.title}", ""]
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join("---:" if _is_numeric(self.frame[c]) else "---" for c in columns) + "|")
-        for record in self.frame.itertuples(index=False):
-            lines.append("| " + " | ".join(format_cell(v, c, digits).replace("|", "\\|")
-                                            for v, c in zip(record, columns)) + " |")
+        for index, record in enumerate(self.frame.itertuples(index=False)):
+            cells = [format_cell(v, c, digits).replace("|", "\\|") for v, c in zip(record, columns)]
+            if index in flagged:
+                cells[0] += " †"
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if flagged:
+            lines += [f"> † not a finding: {self.frame.iloc[i, 0]}: {why}" for i, why in flagged.items()]
+            lines.append("")
         lines += [f"> {note}" for note in self.notes]
         lines.append("")
         readable = {k: v for k, v in self.metadata.items() if not isinstance(v, dict)}
@@ -154,9 +168,25 @@ class ResultTable:
             " & ".join(_latex_escape(c) for c in columns) + " \\\\",
             "\\midrule",
         ]
-        for record in frame.itertuples(index=False):
-            lines.append(" & ".join(_latex_escape(format_cell(v, c, digits)) for v, c in zip(record, columns)) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
+        flagged = dict(self.flagged_rows())
+        levels = self.frame["Level"].tolist() if "Level" in self.frame.columns else None
+        for index, record in enumerate(frame.itertuples(index=False)):
+            cells = [_latex_escape(format_cell(v, c, digits)) for v, c in zip(record, columns)]
+            if index in flagged:
+                cells[0] += "$^\\dagger$"
+            if levels is not None and "Component" in columns:  # sub-parts indented under their part
+                position = columns.index("Component")
+                if str(record[position]) == "total":
+                    lines.append("\\midrule")  # the total is not one more part: a rule sets it apart
+                elif int(levels[index]) > 0:
+                    cells[position] = "\\hspace{" + str(int(levels[index])) + "em}" + cells[position]
+            lines.append(" & ".join(cells) + " \\\\")
+        lines.append("\\bottomrule")
+        if flagged:  # visible under the table, not only in the comments
+            why = "; ".join(f"{_latex_escape(str(self.frame.iloc[i, 0]))}: {_latex_escape(w)}" for i, w in flagged.items())
+            lines.append(f"\\multicolumn{{{len(columns)}}}{{@{{}}p{{0.95\\linewidth}}}}{{\\footnotesize "
+                         f"$^\\dagger$ not a finding: {why}}} \\\\")
+        lines.append("\\end{tabular}")
         lines += [f"% note: {note}" for note in self.notes]
         lines.append(f"\\end{{{environment}}}")
         return "\n".join(lines) + "\n"
@@ -216,7 +246,9 @@ def _read_markdown(text: str) -> ResultTable:
     split = lambda line: [c.strip().replace("\\|", "|") for c in line.strip().strip("|").split(" | ")]  # noqa: E731
     header = split(table_lines[0])
     rows = [split(line) for line in table_lines[2:]]
-    notes = [line[2:] for line in lines if line.startswith("> ")]
+    for row in rows:  # the mark of a row that is not a finding is explained under the table, not data
+        row[0] = row[0].removesuffix(" †")
+    notes = [line[2:] for line in lines if line.startswith("> ") and not line.startswith("> † not a finding")]
     frame = _typed(pd.DataFrame(rows, columns=header))
     metadata = _metadata_from_comment(text)
     return ResultTable(title, frame, metadata, notes)
@@ -231,7 +263,8 @@ def _read_latex(text: str) -> ResultTable:
     end = lines.index("\\bottomrule")
     split = lambda line: [_latex_unescape(c.strip()) for c in line.removesuffix("\\\\").strip().split(" & ")]  # noqa: E731
     header = split(lines[start + 1])
-    rows = [split(line) for line in lines[mid + 1:end]]
+    rows = [split(re.sub(r"^\\hspace\{\d+em\}", "", line.replace("$^\\dagger$", "", 1)))
+            for line in lines[mid + 1:end] if line != "\\midrule"]
     notes = [l[len("% note: "):] for l in lines if l.startswith("% note: ")]
     return ResultTable(title, _typed(pd.DataFrame(rows, columns=header)), _metadata_from_comment(text), notes)
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from mscsa_lab.io.export import ExportError
 
 __all__ = ["plot_component_breakdown", "plot_comparison", "plot_latency", "plot_throughput", "save_figure",
-           "new_figure", "figure_for_table", "FIGURE_FORMATS"]
+           "new_figure", "figure_for_table", "wrapped_title", "FIGURE_FORMATS"]
 
 FIGURE_FORMATS = (".png", ".svg")
 
@@ -55,7 +55,7 @@ def plot_component_breakdown(frame: pd.DataFrame, title: str = "", mscsa_only: b
         axis.set_xlabel(f"{column} of the whole model")
         axis.margins(x=0.2)
     axes[0].set_yticks(y, rows["Component"].tolist(), fontsize=8)
-    figure.suptitle(title or "Per-component cost")
+    figure.suptitle(wrapped_title(title or "Per-component cost", 11))
     figure.tight_layout()
     return figure
 
@@ -76,7 +76,7 @@ def plot_comparison(frame: pd.DataFrame, title: str = "") -> Figure:
                   va="bottom", fontsize=8)
     axis.set_xticks(x, models, rotation=20, ha="right")
     axis.set_ylabel("GFLOPs (multiply-adds)")
-    axis.set_title(title or "Backbones with and without MSCSA")
+    axis.set_title(wrapped_title(title or "Backbones with and without MSCSA", max(6, 1.2 * len(models) + 2)))
     axis.legend()
     figure.tight_layout()
     return figure
@@ -96,26 +96,66 @@ def plot_latency(frame: pd.DataFrame, title: str = "", mscsa_only: bool = True) 
     axis.barh(y - height / 2, rows["FLOPs share (%)"], height, label="share of FLOPs", color="#1f77b4")
     axis.set_yticks(y, rows["Component"].tolist(), fontsize=8)
     axis.set_xlabel("% of the whole model")
-    axis.set_title(title or "Per-component latency")
+    axis.set_title(wrapped_title(title or "Per-component latency", 8))
     axis.legend()
     figure.tight_layout()
     return figure
 
 
+def wrapped_title(text: str, width_inches: float, size: float = 12.0) -> str:
+    """``text`` broken at word boundaries into lines that fit ``width_inches`` at ``size`` points, so a
+    long title is never cut at the figure's edges."""
+    import textwrap
+
+    characters = max(20, int(width_inches * 72 / (0.55 * size)))
+    return "\n".join(textwrap.wrap(text, characters)) if text else text
+
+
+def _unstable_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose Check says they are not findings (noise, an impossible value, a busy machine)."""
+    if "Check" not in frame:
+        return np.zeros(len(frame), dtype=bool)
+    return np.array([str(check).strip() not in ("ok", "", "nan") for check in frame["Check"]])
+
+
 def plot_throughput(frame: pd.DataFrame, title: str = "") -> Figure:
-    """FPS drop from adding MSCSA (reference and fast path) per backbone, the paper's beside."""
+    """FPS change from adding MSCSA (reference and fast path) per backbone with its 95% interval as error
+    bars, the paper's beside; rows the Check column does not call findings are drawn hatched and pale."""
     models = frame["Model"].tolist()
     x = np.arange(len(models))
-    columns = [c for c in ("dFPS (%)", "dFPS fast (%)", "Paper dFPS (%)") if c in frame]
+    columns = [c for c in ("dFPS (%)", "dFPS fast (%)", "dFPS compiled (%)", "Paper dFPS (%)") if c in frame]
     width = 0.8 / len(columns)
-    figure, axis = new_figure(figsize=(max(6, 1.2 * len(models) + 2), 4))
+    figure_width = max(6, 1.2 * len(models) + 2)
+    figure, axis = new_figure(figsize=(figure_width, 4.2))
+    unstable = _unstable_rows(frame)
     for index, column in enumerate(columns):
-        axis.bar(x + (index - (len(columns) - 1) / 2) * width, frame[column].fillna(0), width, label=column)
+        values = frame[column].astype(float).fillna(0).to_numpy()
+        low_column, high_column = column.replace(" (%)", " low (%)"), column.replace(" (%)", " high (%)")
+        errors = None
+        if low_column in frame and high_column in frame:
+            low = frame[low_column].astype(float).to_numpy()
+            high = frame[high_column].astype(float).to_numpy()
+            errors = np.nan_to_num(np.vstack([values - low, high - values]).clip(min=0))
+        positions = x + (index - (len(columns) - 1) / 2) * width
+        bars = axis.bar(positions, values, width, label=column, yerr=errors, capsize=3 if errors is not None else 0)
+        if not column.startswith("Paper"):
+            for bar, pale in zip(bars, unstable):
+                if pale:
+                    bar.set_alpha(0.35)
+                    bar.set_hatch("//")
+    if unstable.any():
+        from matplotlib.patches import Patch
+
+        handles, labels = axis.get_legend_handles_labels()
+        handles.append(Patch(facecolor="white", edgecolor="grey", hatch="//"))
+        labels.append("not a finding (see Check)")
+        axis.legend(handles, labels, fontsize=8)
+    else:
+        axis.legend(fontsize=8)
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(x, models, rotation=20, ha="right")
-    axis.set_ylabel("FPS change from adding MSCSA (%)")
-    axis.set_title(title or "Throughput cost of MSCSA")
-    axis.legend()
+    axis.set_ylabel("FPS change from adding MSCSA (%)\n(bars: 95% interval)")
+    axis.set_title(wrapped_title(title or "Throughput cost of MSCSA", figure_width))
     figure.tight_layout()
     return figure
 
@@ -146,7 +186,7 @@ def plot_training_curves(points: list[dict], title: str = "") -> Figure:
             axis.legend(loc="best", fontsize=8)
         axis.grid(alpha=0.3)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(wrapped_title(title, 9))
     figure.tight_layout()
     return figure
 
