@@ -26,6 +26,9 @@ CSS = """
 .toast-wrap > .toast-body:not(:last-child) { display: none !important; }
 .toast-messages > .toast-message-item:not(:last-child) { display: none !important; }
 .toast-count { display: none !important; }
+/* Table headers wrap between words, never inside one ("Batch", not "Ba/tc/h"). */
+table th, table th * { word-break: keep-all !important; overflow-wrap: normal !important; hyphens: none !important;
+                       white-space: normal !important; }
 """
 LAUNCH_OPTIONS = dict(max_file_size=MAX_UPLOAD, css=CSS)
 # The page's tabs, in order; each module's ``render`` builds one.

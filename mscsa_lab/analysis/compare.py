@@ -232,7 +232,12 @@ def comparison_table(
     paper_columns = [c for c in ("Model", "Input", "Task", "FLOPs (G)", "+MSCSA FLOPs (G)", "dFLOPs (%)",
                                  "Paper FLOPs (G)", "Paper +MSCSA FLOPs (G)") if c in frame.columns]
     where = "each at its own input size and task" if mixed else f"{task}, {height}x{width}"
-    return ResultTable(f"Backbones with and without MSCSA ({where})", frame, metadata, notes, paper_columns)
+    table = ResultTable(f"Backbones with and without MSCSA ({where})", frame, metadata, notes, paper_columns)
+    table.compact_columns = ["Model", "Input", "Task", "FLOPs (G)", "+MSCSA FLOPs (G)", "dFLOPs (%)",
+                             "+MSCSA Params (M)", "dParams (%)", "FPS", "+MSCSA FPS", "dFPS (%)", "dFPS low (%)",
+                             "dFPS high (%)", "FLOPs-proportional dFPS (%)", "Paper FLOPs (G)",
+                             "Paper +MSCSA FLOPs (G)", "Paper dFPS (%)"]
+    return table
 
 
 def compare_backbones(

@@ -144,9 +144,12 @@ def throughput_comparison(
                             steps=settings.steps, repeats=settings.repeats, max_repeats=settings.max_repeats,
                             target_interval=settings.target_interval, max_seconds=settings.max_seconds,
                             warnings=warnings, device=device)
-    return ResultTable(f"Throughput with and without MSCSA ({task}, {height}x{width}, {device})",
-                       pd.DataFrame(rows), metadata, notes,
-                       ["Model", "FPS", "+MSCSA FPS", "dFPS (%)", "dFPS low (%)", "dFPS high (%)"])
+    table = ResultTable(f"Throughput with and without MSCSA ({task}, {height}x{width}, {device})",
+                        pd.DataFrame(rows), metadata, notes,
+                        ["Model", "FPS", "+MSCSA FPS", "dFPS (%)", "dFPS low (%)", "dFPS high (%)"])
+    table.compact_columns = ["Model", "Input", "FPS", "+MSCSA FPS", "dFPS (%)", "dFPS low (%)", "dFPS high (%)",
+                             "+MSCSA fast FPS", "dFPS fast (%)", "dFPS compiled (%)", "Rounds", "Check"]
+    return table
 
 
 def _checks(result, fast: bool) -> list[str]:

@@ -41,7 +41,10 @@ class LatencyReport:
             "kernel launches, Python overhead).",
         ]
         keep = [c for c in ("Component", "Time (ms)", "Time share (%)", "FLOPs share (%)") if c in self.frame.columns]
-        return ResultTable(f"Per-component latency: {self.model}", self.frame, self.metadata, notes, keep or None)
+        table = ResultTable(f"Per-component latency: {self.model}", self.frame, self.metadata, notes, keep or None)
+        table.compact_columns = ["Component", "Time (ms)", "Time share (%)", "FLOPs share (%)", "time/FLOPs",
+                                 "Intensity (FLOPs/byte)", "Eager bandwidth (GiB/s)"]
+        return table
 
 
 class _Stopwatch:

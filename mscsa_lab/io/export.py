@@ -101,6 +101,8 @@ class ResultTable:
     notes: list[str] = field(default_factory=list)
     # The columns a paper's table needs (LaTeX default); None = every column.
     paper_columns: list[str] | None = None
+    # The columns a screen shows by default (the terminal, the page); None = the paper's.
+    compact_columns: list[str] | None = None
 
     # ------------------------------------------------------------------ writers
     def to_csv(self) -> str:
@@ -109,7 +111,8 @@ class ResultTable:
 
     def metadata_json(self) -> str:
         return json.dumps(dict(title=self.title, metadata=self.metadata, notes=self.notes,
-                               columns=list(self.frame.columns), paper_columns=self.paper_columns), indent=2, default=str)
+                               columns=list(self.frame.columns), paper_columns=self.paper_columns,
+                               compact_columns=self.compact_columns), indent=2, default=str)
 
     def flagged_rows(self) -> list[tuple[int, str]]:
         """(row, why) of the rows a ``Check`` column says are not findings (noise, impossible values)."""
@@ -195,7 +198,7 @@ class ResultTable:
         records = json.loads(self.frame.to_json(orient="records", double_precision=15))
         return json.dumps(
             dict(title=self.title, metadata=self.metadata, notes=self.notes, columns=list(self.frame.columns),
-                 paper_columns=self.paper_columns, rows=records),
+                 paper_columns=self.paper_columns, compact_columns=self.compact_columns, rows=records),
             indent=2,
             default=str,
         )

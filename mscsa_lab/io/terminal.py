@@ -12,9 +12,11 @@ _ALWAYS = ("Check",)
 
 
 def compact_columns(table: ResultTable) -> list[str]:
-    """The table's own compact set (``paper_columns``), plus the columns that qualify a row."""
-    chosen = list(table.paper_columns or table.frame.columns)
-    return chosen + [c for c in _ALWAYS if c in table.frame.columns and c not in chosen]
+    """The table's own compact set (``compact_columns``, else ``paper_columns``), plus the columns that
+    qualify a row, in the table's order."""
+    chosen = set(table.compact_columns or table.paper_columns or table.frame.columns)
+    chosen.update(c for c in _ALWAYS if c in table.frame.columns)
+    return [c for c in table.frame.columns if c in chosen]
 
 
 def terminal_table(table: ResultTable, digits: int = DEFAULT_DIGITS, wide: bool = False) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Shared", "profile_choices", "show_frame"]
+__all__ = ["Shared", "profile_choices", "show_frame", "TableView"]
 
 
 @dataclass
@@ -27,11 +27,44 @@ def profile_choices(available_only: bool = False) -> list[tuple[str, str]]:
             for p in list_profiles() if p.available or not available_only]
 
 
-def show_frame(table: Any, digits: int = 3):
-    """A result table as the page shows it: numbers by the one rule."""
+def show_frame(table: Any, wide: bool = False, digits: int = 3):
+    """A result table as the page shows it: its compact columns (every column with ``wide``), numbers by the
+    one rule, sub-components indented under their part. A plain DataFrame is shown whole."""
     from mscsa_lab.io.numbers import readable_frame
+    from mscsa_lab.io.terminal import compact_columns
 
     if table is None:
         return None
     frame = getattr(table, "frame", table)
-    return readable_frame(frame, digits)
+    if hasattr(table, "frame") and not wide:
+        frame = frame[compact_columns(table)]
+    shown = readable_frame(frame, digits)
+    levels = getattr(table, "frame", frame).get("Level")
+    if levels is not None and "Component" in shown.columns:
+        shown["Component"] = ["\u2003" * int(level) + str(name) for level, name in zip(levels, shown["Component"])]
+    if not wide and "Level" in shown.columns and "Component" in shown.columns:
+        shown = shown.drop(columns=[c for c in ("Level", "Group") if c in shown.columns])
+    return shown
+
+
+class TableView:
+    """A result table with an "All columns" switch: the page shows the compact columns first, every column on
+    demand, from the table the last action kept (``state``). Its action returns (shown frame, table)."""
+
+    def __init__(self, label: str, elem_id: str) -> None:
+        import gradio as gr
+
+        self.wide = gr.Checkbox(False, label="All columns", elem_id=f"{elem_id}-wide", container=False)
+        self.frame = gr.Dataframe(label=label, elem_id=elem_id, wrap=True)
+        self.state = gr.State(None)
+        self.wide.change(lambda table, wide: show_frame(table, bool(wide)), [self.state, self.wide], [self.frame],
+                         queue=False)
+
+    @property
+    def outputs(self) -> list:
+        return [self.frame, self.state]
+
+    def follow(self, event: Any) -> None:
+        """After ``event`` succeeds, show its table as the switch says (the action shows the compact view)."""
+        event.success(lambda table, wide: show_frame(table, bool(wide)), [self.state, self.wide], [self.frame],
+                      queue=False)

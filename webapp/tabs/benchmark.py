@@ -13,12 +13,12 @@ from mscsa_lab.workflows.timing import benchmark_action
 from webapp.actions import cancellable, wire
 from webapp.context import AppContext
 from webapp.forms import blank, number, whole
-from webapp.tabs import Shared, profile_choices, show_frame
+from webapp.tabs import Shared, TableView, profile_choices, show_frame
 
 __all__ = ["render", "benchmark_request", "device_note", "MAX_ROUNDS"]
 
 MAX_ROUNDS = 40
-RESULTS = 6  # title, FPS table, FPS chart, latency table, latency chart, files
+RESULTS = 8  # title, FPS table (shown, kept), FPS chart, latency table (shown, kept), latency chart, files
 
 
 def device_note() -> str:
@@ -77,8 +77,9 @@ def run_benchmark(context: AppContext, *values: Any, progress: gr.Progress = gr.
                                              + "\n".join(f"- {w}" for w in warnings) if warnings
                                              else "Every ratio's 95% interval met the target; no warnings."))
         status = f"Benchmarked {len(entries)} model(s) in {time.perf_counter() - started:.0f} s."
-        yield (status, title, show_frame(result.table), result.figures.get("fps"),
-               show_frame(result.tables.get("latency")), result.figures.get("latency"), [str(f) for f in files])
+        latency = result.tables.get("latency")
+        yield (status, title, show_frame(result.table), result.table, result.figures.get("fps"),
+               show_frame(latency), latency, result.figures.get("latency"), [str(f) for f in files])
 
 
 def render(context: AppContext, shared: Shared) -> None:
@@ -101,10 +102,9 @@ def render(context: AppContext, shared: Shared) -> None:
     button = gr.Button("Run benchmark", variant="primary", elem_id="bench-button")
     status = gr.Markdown(elem_id="bench-status")
     title = gr.Markdown(elem_id="bench-title")
-    table = gr.Dataframe(label="FPS with and without MSCSA (measured interleaved; low/high: 95% interval)",
-                         elem_id="bench-table", wrap=True)
+    table = TableView("FPS with and without MSCSA (measured interleaved; low/high: 95% interval)", "bench-table")
     plot = gr.Plot(label="FPS change", elem_id="bench-plot")
-    latency_table = gr.Dataframe(label="Per-component latency", wrap=True, elem_id="latency-table")
+    latency_table = TableView("Per-component latency", "latency-table")
     latency_plot = gr.Plot(label="Share of time vs share of FLOPs", elem_id="latency-plot")
     files = gr.File(label="Downloads", file_count="multiple", elem_id="bench-files")
 
@@ -113,7 +113,9 @@ def render(context: AppContext, shared: Shared) -> None:
         yield from run_benchmark(context, names, device, precision, batch, channels_last, steps, repeats, size,
                                  latency_of, include_build, max_seconds, spec, progress=progress)
 
-    wire(context, "Benchmark", button.click, on_benchmark,
-         [names, device, precision, batch, channels_last, steps, repeats, size, latency_of, include_build, cap,
-          shared.model], status, [title, table, plot, latency_table, latency_plot, files], "benchmarking",
-         api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
+    event = wire(context, "Benchmark", button.click, on_benchmark,
+                 [names, device, precision, batch, channels_last, steps, repeats, size, latency_of, include_build, cap,
+                  shared.model], status, [title, *table.outputs, plot, *latency_table.outputs, latency_plot, files],
+                 "benchmarking", api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
+    table.follow(event)
+    latency_table.follow(event)

@@ -11,14 +11,15 @@ from mscsa_lab.io.export import export_stem
 from mscsa_lab.workflows.comparing import compare_action
 from webapp.actions import cancellable, wire
 from webapp.context import AppContext
-from webapp.tabs import Shared, profile_choices, show_frame
+from webapp.tabs import Shared, TableView, profile_choices, show_frame
 
 __all__ = ["render", "run_compare"]
 
 
 def run_compare(context: AppContext, names: Any, height: Any, width: Any, task: str, convention: str, fps: bool,
                 include_pinned: bool, pinned: Any, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
-    """Yields while the comparison runs (it can be cancelled), then (status, title, table, chart, files, notes)."""
+    """Yields while the comparison runs (it can be cancelled), then (status, title, shown table, the table, chart,
+    files, notes)."""
     from mscsa_lab.registry import parse_input_size
 
     started = time.perf_counter()
@@ -32,14 +33,15 @@ def run_compare(context: AppContext, names: Any, height: Any, width: Any, task: 
 
     for result in cancellable(work, progress):
         if result is None:
-            yield tuple(gr.update() for _ in range(6))
+            yield tuple(gr.update() for _ in range(7))
             continue
         labels = [getattr(e, "label", e) for e in entries]
         files = result.write_all(context.output_dir("compare"), export_stem("compare", labels, task, size))
-        shown = result.table.frame.dropna(axis=1, how="all")  # e.g. the paper's columns for models it does not list
-        notes = "\n".join(f"- {n}" for n in result.table.notes)
+        table = result.table
+        table.frame = table.frame.dropna(axis=1, how="all")  # e.g. the paper's columns for models it does not list
+        notes = "\n".join(f"- {n}" for n in table.notes)
         status = f"Compared {len(entries)} model(s) in {time.perf_counter() - started:.0f} s."
-        yield status, f"### {result.title}", show_frame(shown), result.figure, [str(f) for f in files], notes
+        yield status, f"### {result.title}", show_frame(table), table, result.figure, [str(f) for f in files], notes
 
 
 def render(context: AppContext, shared: Shared) -> None:
@@ -57,7 +59,7 @@ def render(context: AppContext, shared: Shared) -> None:
     button = gr.Button("Compare", variant="primary", elem_id="compare-button")
     status = gr.Markdown(elem_id="compare-status")
     title = gr.Markdown(elem_id="compare-title")
-    table = gr.Dataframe(label="With and without MSCSA (paper's figures beside)", elem_id="compare-table", wrap=True)
+    table = TableView("With and without MSCSA (paper's figures beside)", "compare-table")
     plot = gr.Plot(label="FLOPs", elem_id="compare-plot")
     files = gr.File(label="Downloads: CSV, Markdown, LaTeX, JSON, PNG, SVG", file_count="multiple",
                     elem_id="compare-files")
@@ -67,6 +69,7 @@ def render(context: AppContext, shared: Shared) -> None:
                    progress: gr.Progress = gr.Progress()):
         yield from run_compare(context, names, height, width, task, convention, fps, include_pinned, pinned, progress)
 
-    wire(context, "Compare", button.click, on_compare,
-         [names, height, width, task, convention, fps, include_pinned, shared.pinned], status,
-         [title, table, plot, files, notes], "comparing", api_name="compare")
+    event = wire(context, "Compare", button.click, on_compare,
+                 [names, height, width, task, convention, fps, include_pinned, shared.pinned], status,
+                 [title, *table.outputs, plot, files, notes], "comparing", api_name="compare")
+    table.follow(event)

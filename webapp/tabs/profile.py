@@ -17,7 +17,7 @@ from mscsa_lab.workflows.spec import ModelSpec
 from webapp.actions import failure_status, tab_action, wire
 from webapp.context import AppContext
 from webapp.forms import blank, number, whole
-from webapp.tabs import Shared, profile_choices, show_frame
+from webapp.tabs import Shared, TableView, profile_choices, show_frame
 
 __all__ = ["render", "run_profile", "run_budget", "budget_fields", "MEMORY_MAX_BATCH"]
 
@@ -27,7 +27,7 @@ BUDGET_FIELDS = ("profile", "backbone", "depth", "num_heads", "key_dim", "mlp_ra
 
 def run_profile(context: AppContext, spec: ModelSpec | None, convention: str, level: Any, memory: bool,
                 memory_batch: Any, training: bool) -> tuple:
-    """(status, title, table, figure, files, notes)."""
+    """(status, title, shown table, the table itself, figure, files, notes)."""
     started = time.perf_counter()
     if spec is None:
         raise ConfigError("build a model in the Build tab first")
@@ -39,7 +39,8 @@ def run_profile(context: AppContext, spec: ModelSpec | None, convention: str, le
                                                                         spec.input_size))
     notes = "\n".join(f"- {note}" for note in result.all_notes())
     status = f"Profiled {spec.label} + MSCSA in {time.perf_counter() - started:.1f} s."
-    return status, f"### {result.title}", show_frame(result.table), result.figure, [str(f) for f in files], notes
+    return (status, f"### {result.title}", show_frame(result.table), result.table, result.figure,
+            [str(f) for f in files], notes)
 
 
 def run_budget(name: str, cap_percent: Any, height: Any, width: Any, task: str) -> tuple:
@@ -99,15 +100,16 @@ def render(context: AppContext, shared: Shared) -> None:
         run = gr.Button("Profile", variant="primary", elem_id="profile-button")
     status = gr.Markdown(elem_id="profile-status")
     title = gr.Markdown(elem_id="profile-title")
-    table = gr.Dataframe(label="Per-component cost", elem_id="profile-table", wrap=True)
+    table = TableView("Per-component cost", "profile-table")
     plot = gr.Plot(label="Shares of the MSCSA parts", elem_id="profile-plot")
     files = gr.File(label="Downloads", file_count="multiple", elem_id="profile-files")
     notes = gr.Markdown(elem_id="profile-notes")
-    results = [title, table, plot, files, notes]
-    wire(context, "Profile", run.click, lambda spec, conv, lev, mem, batch, train: run_profile(
+    results = [title, *table.outputs, plot, files, notes]
+    event = wire(context, "Profile", run.click, lambda spec, conv, lev, mem, batch, train: run_profile(
         context, spec, conv, lev, mem, batch, train), [shared.model, convention, level, memory, memory_batch,
                                                        memory_training], status, results, "profiling",
          api_name="profile", arg_names=("spec", "convention", "level", "memory", "memory_batch", "training"))
+    table.follow(event)
     shared.model.change(lambda: (None,) * len(results), None, results, queue=False)
 
     gr.Markdown("### FLOPs budget\nThe configuration whose added FLOPs come closest to the cap.")
