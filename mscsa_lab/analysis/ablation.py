@@ -15,7 +15,7 @@ import torch
 from mscsa_lab.analysis.flops import flop_analysis
 from mscsa_lab.io.export import ResultTable
 from mscsa_lab.io.metadata import run_metadata
-from mscsa_lab.models.config import TABLE4_VARIANTS, TABLE5_VARIANTS
+from mscsa_lab.models.config import ConfigError, TABLE4_VARIANTS, TABLE5_VARIANTS
 from mscsa_lab.registry import create_mscsa_model, parse_input_size, resolve_name
 
 __all__ = ["PAPER_TABLE4_M", "PAPER_TABLE5_M", "PAPER_TABLE2_INCREMENT_G", "ablation_flops", "variant_settings"]
@@ -35,7 +35,7 @@ def variant_settings(variants: Mapping[str, Mapping[str, Any]] | list[str]) -> d
     known = {**TABLE4_VARIANTS, **TABLE5_VARIANTS}
     unknown = [name for name in variants if name not in known]
     if unknown:
-        raise ValueError(f"unknown ablation variant(s) {unknown}: choose from {list(known)}")
+        raise ConfigError(f"unknown ablation variant(s) {unknown}: choose from {list(known)}")
     return {name: dict(known[name]) for name in variants}
 
 

@@ -19,6 +19,7 @@ from mscsa_lab.io.export import ResultTable
 from mscsa_lab.analysis.flops import flop_analysis, uncounted_note
 from mscsa_lab.io.metadata import run_metadata
 from mscsa_lab.models.mscsa_net import MSCSANet
+from mscsa_lab.models.config import ConfigError
 
 __all__ = ["ComponentCost", "ProfileReport", "profile_model", "CONVENTIONS", "convention_factor"]
 
@@ -30,7 +31,7 @@ CONVENTIONS = {
 
 def convention_factor(convention: str) -> int:
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown FLOPs convention {convention!r}: choose one of {list(CONVENTIONS)}")
+        raise ConfigError(f"unknown FLOPs convention {convention!r}: choose one of {list(CONVENTIONS)}")
     return 2 if convention == "2x" else 1
 
 

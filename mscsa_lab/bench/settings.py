@@ -13,7 +13,18 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["BenchmarkSettings", "PRECISIONS", "resolve_device", "benchmark_context", "is_out_of_memory"]
+from mscsa_lab.errors import UserError
+
+__all__ = ["BenchmarkSettings", "PRECISIONS", "resolve_device", "benchmark_context", "is_out_of_memory",
+           "DeviceError", "BenchmarkSettingsError"]
+
+
+class DeviceError(UserError, RuntimeError):
+    """A device that this machine does not have (``cuda`` without a GPU) or that does not exist."""
+
+
+class BenchmarkSettingsError(UserError, ValueError):
+    """Benchmark settings out of range; the message names each one."""
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
@@ -24,7 +35,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("no CUDA GPU is available on this machine: benchmark on 'cpu' (or 'auto')")
+        raise DeviceError("no CUDA GPU is available on this machine: benchmark on 'cpu' (or 'auto')")
     return resolved
 
 
@@ -72,7 +83,7 @@ class BenchmarkSettings:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             problems.append(f"threads must be a whole number >= 1, got {self.threads!r}")
         if problems:
-            raise ValueError("invalid benchmark settings: " + "; ".join(problems))
+            raise BenchmarkSettingsError("invalid benchmark settings: " + "; ".join(problems))
         return self
 
 

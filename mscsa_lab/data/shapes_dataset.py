@@ -13,8 +13,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mscsa_lab.data.synthetic import CLASSES, make_sample
+from mscsa_lab.errors import UserError
 
-__all__ = ["SyntheticShapes", "HELD_OUT_OFFSET"]
+__all__ = ["SyntheticShapes", "HELD_OUT_OFFSET", "SyntheticDataError"]
+
+
+class SyntheticDataError(UserError, ValueError):
+    """A synthetic data set that cannot be made (no images, images too small)."""
 
 HELD_OUT_OFFSET = 1_000_000  # the demo model's held-out samples start here too
 
@@ -28,9 +33,9 @@ class SyntheticShapes(Dataset):
                  transform: Callable[[Image.Image], Any] | None = None,
                  min_fraction: float = 0.12, max_fraction: float = 0.8) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"the synthetic set needs at least one image, got count={count!r}")
+            raise SyntheticDataError(f"the synthetic set needs at least one image, got count={count!r}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-            raise ValueError(f"synthetic images must be at least 8 pixels wide, got size={size!r}")
+            raise SyntheticDataError(f"synthetic images must be at least 8 pixels wide, got size={size!r}")
         self.count = count
         self.size = size
         self.seed = seed

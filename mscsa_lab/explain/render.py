@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mscsa_lab.io.figures import new_figure
-from mscsa_lab.explain.saliency import SaliencyResult
+from mscsa_lab.explain.saliency import SaliencyError, SaliencyResult
+from mscsa_lab.io.export import ExportError
 
 __all__ = ["normalise", "overlay", "saliency_grid", "head_grid", "attention_mass_chart", "save_maps",
            "paper_figure", "faithfulness_chart", "PERCEPTUAL_CMAPS"]
@@ -45,7 +46,7 @@ def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = "inferno", alph
 
 def _check_cmap(cmap: str) -> None:
     if cmap not in matplotlib.colormaps:
-        raise ValueError(f"unknown colormap {cmap!r}; perceptual choices: {list(PERCEPTUAL_CMAPS)}")
+        raise SaliencyError(f"unknown colormap {cmap!r}; perceptual choices: {list(PERCEPTUAL_CMAPS)}")
 
 
 def _row_label(result: SaliencyResult, class_names: Sequence[str] | None) -> str:
@@ -147,7 +148,7 @@ def save_maps(result: SaliencyResult, path: str | Path) -> Path:
     elif path.suffix == ".npy":
         np.save(path, np.stack(result.maps))
     else:
-        raise ValueError(f"raw maps are saved as .npz or .npy, not {path.suffix or 'no suffix'!r}")
+        raise ExportError(f"raw maps are saved as .npz or .npy, not {path.suffix or 'no suffix'!r}")
     return path
 
 

@@ -78,12 +78,12 @@ def resolve_variants(variants: str | Sequence[str] | Mapping[str, Mapping[str, A
     if isinstance(variants, Mapping):
         bad = [name for name, value in variants.items() if not isinstance(value, Mapping)]
         if bad:
-            raise ValueError(f"variant(s) {bad} must map to MSCSA settings (a dict, e.g. {{'use_msp': False}})")
+            raise TrainingInputError(f"variant(s) {bad} must map to MSCSA settings (a dict, e.g. {{'use_msp': False}})")
         chosen = variant_settings(variants)
     else:
         chosen = variant_settings(list(variants))
     if not chosen:
-        raise ValueError("give at least one variant: 'table4', 'table5', Table 4/5 names or a mapping")
+        raise TrainingInputError("give at least one variant: 'table4', 'table5', Table 4/5 names or a mapping")
     return chosen
 
 
@@ -177,9 +177,9 @@ def run_ablation(
     chosen = resolve_variants(variants)
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be one or more whole numbers >= 0, got {seeds!r}")
+        raise TrainingInputError(f"seeds must be one or more whole numbers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds repeat {seeds}: each seed once, or the spread over seeds means nothing")
+        raise TrainingInputError(f"seeds repeat {seeds}: each seed once, or the spread over seeds means nothing")
     input_size = _size(input_size)
 
     user = dict(train or {})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from mscsa_lab.bench.settings import DeviceError
 
 __all__ = ["DistInfo", "setup", "cleanup", "resolve_device", "all_reduce_sum", "barrier", "gather_objects"]
 
@@ -42,12 +43,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible: use --device cpu")
+            raise DeviceError("device 'cuda' was asked for but no CUDA GPU is visible: use --device cpu")
         if name == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device(name)
     if name != "cpu":
-        raise ValueError(f"device {name!r} is unknown: use auto, cpu, cuda or cuda:N")
+        raise DeviceError(f"device {name!r} is unknown: use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
 
 

@@ -49,9 +49,9 @@ class ResourceLimits:
                 continue
             value = getattr(self, item.name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"limit {item.name} must be a positive number, got {value!r}")
+                raise ResourceError(f"limit {item.name} must be a positive number, got {value!r}")
         if self.memory_fraction > 1:
-            raise ValueError(f"memory_fraction must be at most 1, got {self.memory_fraction}")
+            raise ResourceError(f"memory_fraction must be at most 1, got {self.memory_fraction}")
         return self
 
     def check_count(self, what: str, value: int, limit_name: str, flag: str | None = None) -> int:

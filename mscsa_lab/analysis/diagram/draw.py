@@ -39,6 +39,7 @@ from mscsa_lab.analysis.diagram.layout import (
     SKIP_BAND, STAGE_COLOURS, SUBTITLE_SIZE, TITLE_SIZE, Arrow, Box, Column, Group, anchor, font, layout,
     line_height, text_width)
 from mscsa_lab.analysis.observe import ModelObservation
+from mscsa_lab.io.export import ExportError
 
 __all__ = ["model_diagram", "save_diagram", "diagram_svg", "figure_svg", "DIAGRAM_FORMATS", "MAX_BLOCKS_DRAWN"]
 
@@ -344,7 +345,7 @@ def save_diagram(model: nn.Module, path: str | Path, input_size: tuple[int, int]
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in DIAGRAM_FORMATS:
-        raise ValueError(f"diagrams are written as {' or '.join(DIAGRAM_FORMATS)}, not {path.suffix or 'no suffix'!r}")
+        raise ExportError(f"diagrams are written as {' or '.join(DIAGRAM_FORMATS)}, not {path.suffix or 'no suffix'!r}")
     figure = model_diagram(model, input_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".svg":
