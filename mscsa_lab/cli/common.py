@@ -11,7 +11,8 @@ import sys
 import threading
 from typing import Any, Iterator
 
-__all__ = ["parse_size", "parse_setting", "parse_digits", "parse_columns", "add_model_options", "add_output_options",
+__all__ = ["parse_size", "parse_setting", "parse_digits", "parse_columns", "add_model_name", "add_model_options",
+           "add_output_options",
            "spec_from_args", "print_result", "graceful_stop", "progress_printer", "Formatter", "limits_from_args",
            "TASK_CHOICES"]
 
@@ -77,6 +78,13 @@ def parse_columns(text: str) -> list[str]:
     if not columns:
         raise argparse.ArgumentTypeError("give column names separated by commas")
     return columns
+
+
+def add_model_name(parser: argparse.ArgumentParser) -> None:
+    """NAME (a profile or any timm backbone) and --backbone, as every single-model command takes them."""
+    parser.add_argument("name", nargs="?", help="a Table 7 profile (see 'profiles') or any timm backbone name")
+    parser.add_argument("--backbone", help="a timm backbone: alone, or in place of the profile's (keeping its "
+                                           "MSCSA settings)")
 
 
 def add_model_options(parser: argparse.ArgumentParser, tasks: tuple[str, ...] = TASK_CHOICES,

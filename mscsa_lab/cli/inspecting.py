@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mscsa_lab.cli.common import (Formatter, add_model_options, add_output_options, limits_from_args, print_result,
+from mscsa_lab.cli.common import (Formatter, add_model_name, add_model_options, add_output_options, limits_from_args, print_result,
                                   progress_printer, spec_from_args)
 
 EXAMPLES = """examples:
@@ -27,18 +27,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     build = commands.add_parser("build", help="build one model: stages, key/value scales, parameters and a diagram",
                                 epilog=EXAMPLES, formatter_class=Formatter)
-    build.add_argument("name", nargs="?", help="a Table 7 profile (see 'profiles') or any timm backbone name")
-    build.add_argument("--backbone", help="a timm backbone: alone, or in place of the profile's (keeping its "
-                                          "MSCSA settings)")
+    add_model_name(build)
     add_model_options(build)
     add_output_options(build)
     build.set_defaults(func=run_build, _parser=build)
 
     profile = commands.add_parser("profile", help="per-component FLOPs and parameters of one model (Table 1)",
                                   epilog=EXAMPLES, formatter_class=Formatter)
-    profile.add_argument("name", nargs="?", help="a Table 7 profile (see 'profiles') or any timm backbone name")
-    profile.add_argument("--backbone", help="a timm backbone: alone, or in place of the profile's (keeping its "
-                                            "MSCSA settings)")
+    add_model_name(profile)
     profile.add_argument("-b", "--batch", "--batch-size", dest="batch", type=int, default=1,
                          help="batch for --memory (FLOPs are per image) (default: 1)")
     profile.add_argument("--level", type=int, default=2, choices=[0, 1, 2],
