@@ -2,7 +2,7 @@
 training run or an ablation study holds while it uses the whole CPU or GPU."""
 from __future__ import annotations
 
-import json
+import logging
 import queue
 import re
 import threading
@@ -18,22 +18,44 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def run_folder(runs_dir: Path, value: str) -> Path:
-    """A run folder named by the page (a run name or a path under the runs folder); anything that points
-    elsewhere is refused, so a request cannot make the server load arbitrary files."""
-    candidate = Path(str(value))
-    candidate = (candidate if candidate.is_absolute() else runs_dir / candidate).resolve()
-    if candidate.parent != runs_dir or not (candidate / "model.json").is_file():
-        raise ConfigError(f"no trained run {Path(str(value)).name[:200]!r} in {runs_dir}: train one in the Train tab")
-    return candidate
+    """A run folder named by the page (a run's name); anything that resolves elsewhere (a path, a symlink
+    out of the runs folder) is refused, so a request cannot make the server load arbitrary files."""
+    from mscsa_lab.io.guarded import resolve_inside, shown_name
+
+    name = Path(str(value)).name
+    if not name or name != str(value).strip().rstrip("/").split("/")[-1] or name in (".", ".."):
+        raise ConfigError(f"no trained run {shown_name(value)} in {runs_dir}: train one in the Train tab")
+    folder = resolve_inside(runs_dir / name, runs_dir, what="trained run", error=ConfigError)
+    if folder.parent != runs_dir.resolve() or not (folder / "model.json").is_file():
+        raise ConfigError(f"no trained run {shown_name(name)} in {runs_dir}: train one in the Train tab")
+    return folder
 
 
 def run_summary(folder: Path) -> dict[str, Any]:
-    """What a run's model.json says about it, for labels and notes ({} when it cannot be read)."""
+    """A run's ``model.json``, checked field by field ({} when it is missing or malformed: the run is skipped
+    with a warning in the log, never the app's start)."""
+    from mscsa_lab.errors import UserError
+    from mscsa_lab.io.run_metadata import read_run_metadata
+
     try:
-        meta = json.loads((folder / "model.json").read_text())
-    except (OSError, ValueError):
+        return read_run_metadata(folder)
+    except UserError as error:
+        _warn_once(folder, str(error))
         return {}
-    return meta if isinstance(meta, dict) else {}
+
+
+_WARNED: dict[tuple[str, float], str] = {}
+
+
+def _warn_once(folder: Path, message: str) -> None:
+    try:
+        stamp = (folder / "model.json").stat().st_mtime
+    except OSError:
+        stamp = 0.0
+    key = (str(folder), stamp)
+    if key not in _WARNED and len(_WARNED) < 10_000:
+        _WARNED[key] = message
+        logging.getLogger("mscsa_lab.app").warning("skipped the run %s: %s", folder.name[:200], message)
 
 
 def run_label(folder: Path, meta: dict[str, Any] | None = None) -> str:
@@ -42,16 +64,27 @@ def run_label(folder: Path, meta: dict[str, Any] | None = None) -> str:
     top1 = metrics.get("top1")
     accuracy = f", {top1:.1f}% val top-1" if isinstance(top1, (int, float)) else ""
     classes = meta.get("classes") if isinstance(meta.get("classes"), list) else []
-    return f"trained run {folder.name} ({str(meta.get('backbone', '?'))[:64]}, {len(classes)} classes{accuracy})"
+    return f"trained run {folder.name[:64]} ({str(meta.get('backbone', '?'))[:64]}, {len(classes)} classes{accuracy})"
 
 
 def trained_runs(runs_dir: Path) -> list[tuple[str, str]]:
-    """(label, run name) of every finished run in the runs folder, newest first."""
+    """(label, run name) of every finished run in the runs folder whose files are sound, newest first; a run
+    whose ``model.json`` is malformed is left out (and logged once)."""
     if not runs_dir.is_dir():
         return []
-    folders = [f for f in runs_dir.iterdir() if (f / "model.json").is_file() and (f / "model.safetensors").is_file()]
-    folders.sort(key=lambda f: (f / "model.json").stat().st_mtime, reverse=True)
-    return [(run_label(f), f.name) for f in folders]
+    found = []
+    for folder in runs_dir.iterdir():
+        try:
+            if folder.is_symlink() or not (folder / "model.json").is_file() or \
+                    not (folder / "model.safetensors").is_file():
+                continue
+            stamp = (folder / "model.json").stat().st_mtime
+        except OSError:
+            continue
+        meta = run_summary(folder)
+        if meta:
+            found.append((stamp, run_label(folder, meta), folder.name))
+    return [(label, name) for _, label, name in sorted(found, reverse=True)]
 
 
 @dataclass

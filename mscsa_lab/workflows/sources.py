@@ -14,7 +14,7 @@ from mscsa_lab.workflows.limits import ResourceLimits, guard
 from mscsa_lab.workflows.spec import ModelSpec
 from mscsa_lab.workflows.store import ModelStore, obtain_model
 
-__all__ = ["LoadedModel", "demo_model", "trained_model", "spec_model", "preprocessing_for", "SourceError"]
+__all__ = ["LoadedModel", "demo_model", "trained_model", "spec_model", "preprocessing_for", "run_spec", "SourceError"]
 
 
 class SourceError(UserError, ValueError):
@@ -70,20 +70,35 @@ def demo_model(store: ModelStore | None = None) -> LoadedModel:
                        tuple(meta["input_size"]), note, meta, preprocessing_for(model, meta))
 
 
-def trained_model(folder: str | Path, store: ModelStore | None = None, label: str | None = None) -> LoadedModel:
-    """A training run's folder (``model.safetensors`` + ``model.json``), as ``mscsa-lab train`` writes it."""
+def run_spec(meta: dict[str, Any]) -> ModelSpec:
+    """The architecture a run's (validated) ``model.json`` describes, as a ``ModelSpec``, so that it is costed
+    like any other request before the model is built."""
+    profile = meta.get("profile")
+    return ModelSpec.resolve(profile or meta["backbone"], backbone=meta["backbone"] if profile else None,
+                             task=meta.get("task") or "classification", input_size=tuple(meta["input_size"]),
+                             num_classes=int(meta["num_classes"]), settings=dict(meta.get("mscsa") or {}),
+                             backbone_kwargs=dict(meta.get("backbone_kwargs") or {}))
+
+
+def trained_model(folder: str | Path, store: ModelStore | None = None, label: str | None = None,
+                  limits: ResourceLimits | None = None, root: str | Path | None = None) -> LoadedModel:
+    """A training run's folder (``model.safetensors`` + ``model.json``), as ``mscsa-lab train`` writes it:
+    its ``model.json`` is checked, its model costed against ``limits``, then built and loaded (files inside
+    ``root`` when given, e.g. the app's runs folder)."""
     import copy
 
     from mscsa_lab.io.checkpoints import load_trained
+    from mscsa_lab.io.run_metadata import read_run_metadata
 
     folder = Path(folder)
+    guard(run_spec(read_run_metadata(folder, root=root)), limits, copies=2 if store is not None else 1)
     weights = folder / "model.safetensors"
     if store is not None:
         stamp = weights.stat().st_mtime if weights.exists() else 0.0
-        model, meta = store.get(("trained", str(folder.resolve()), stamp), lambda: load_trained(folder))
+        model, meta = store.get(("trained", str(folder.resolve()), stamp), lambda: load_trained(folder, root=root))
         model = copy.deepcopy(model)
     else:
-        model, meta = load_trained(folder)
+        model, meta = load_trained(folder, root=root)
     top1 = (meta.get("metrics") or {}).get("top1")
     accuracy = f", {top1:.1f}% val top-1" if isinstance(top1, (int, float)) else ""
     note = label or (f"Weights: trained run {folder.name} ({meta.get('backbone', '?')}, "

@@ -45,7 +45,8 @@ def load_source(context: AppContext, source: str, spec: Any, checkpoint: str | N
         if spec is None:
             raise ConfigError("build a model in the Build tab first, or use the demo model")
         return spec_model(spec, checkpoint, context.store, context.limits)
-    return trained_model(run_folder(context.runs_dir, source), context.store)
+    return trained_model(run_folder(context.runs_dir, source), context.store, limits=context.limits,
+                         root=context.runs_dir)
 
 
 def run_saliency(context: AppContext, image: Any, method: str, kinds: list[str], block: Any, layer: Any, target: Any,

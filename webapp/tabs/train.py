@@ -79,6 +79,9 @@ def train_job(context: AppContext, fields: dict[str, Any], name: str | None = No
         raise ConfigError(f"run name {name[:200]!r}: use letters, digits, '.', '_' or '-' (at most 64), starting "
                           "with a letter or digit")
     out = context.runs_dir / name
+    if out.is_symlink() or (out.exists() and out.resolve().parent != context.runs_dir.resolve()):
+        raise ConfigError(f"run name {name!r} is a link out of the runs folder {context.runs_dir}: runs are written "
+                          "only inside it; choose another name")
     if out.exists() and any(out.iterdir()) and not fields.get("resume"):
         raise ConfigError(f"a run named {name!r} exists in {context.runs_dir}: tick 'Resume' to continue it from its "
                           "last checkpoint (after a stop or a server restart), or choose another name")
