@@ -13,7 +13,7 @@ import warnings
 
 import gradio as gr
 
-from webapp.context import DEFAULT_CACHE_BYTES, AppContext
+from webapp.context import DEFAULT_CACHE_BYTES, DEFAULT_UPLOAD_CAP_BYTES, AppContext
 from webapp.tabs import Shared, benchmark, build, compare, profile, saliency, train
 
 # Checkpoints are the largest uploads (a 224x224 PVTv2-B1+MSCSA is 75 MB in fp32); images are further
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
                             help=f"limit on {text} (default: {default})")
+    parser.add_argument("--uploads-mb", type=int, default=DEFAULT_UPLOAD_CAP_BYTES // 2**20,
+                        help="all uploads together, in MiB (default: "
+                             f"{DEFAULT_UPLOAD_CAP_BYTES // 2**20}); the oldest go first, and any older than an hour")
     parser.add_argument("--cache-mb", type=int, default=DEFAULT_CACHE_BYTES // 2**20,
                         help="memory the cache of built models may hold, in MiB (default: "
                              f"{DEFAULT_CACHE_BYTES // 2**20}); least recently used models go first")
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 
     limits = dataclasses.replace(defaults, **{name: getattr(args, name) for name in LIMIT_FLAGS}).validate()
     context = AppContext(limits=limits, store=ModelStore(args.cache_mb * 2**20),
+                         upload_cap_bytes=args.uploads_mb * 2**20,
                          **({"runs_dir": args.runs_dir} if args.runs_dir else {}))
     if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
         warnings.warn(

@@ -72,3 +72,23 @@ def test_training_never_writes_through_a_link_out_of_the_runs_folder(tmp_path):
     with pytest.raises(UserError, match="link out of the runs folder"):
         next(train_job(AppContext(runs_dir=runs), fields, "escape"))
     assert not any(outside.iterdir())
+
+
+def test_uploads_are_kept_under_a_total_cap_oldest_first_never_the_newest(tmp_path):
+    import os
+    import time
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    context = AppContext(runs_dir=tmp_path / "runs", uploads_dir=uploads, upload_cap_bytes=3000)
+    now = time.time()
+    for index, age in enumerate((3600, 1800, 600, 5)):  # seconds old
+        path = uploads / f"f{index}" / "upload.bin"
+        path.parent.mkdir()
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - age, now - age))
+    assert context.sweep_uploads() == 1000  # 4000 bytes over a 3000 cap: the oldest one goes
+    assert not (uploads / "f0" / "upload.bin").exists() and (uploads / "f3" / "upload.bin").exists()
+    context.upload_cap_bytes = 0
+    context.sweep_uploads()  # everything old enough goes; the 5-second-old upload may still be in use
+    assert [p.parent.name for p in uploads.rglob("*.bin")] == ["f3"]

@@ -71,6 +71,7 @@ def tab_action(context: AppContext, tab: str, fn: Callable, arg_names: Sequence[
     if inspect.isgeneratorfunction(fn):
         def handler(*values: Any) -> Iterator[Any]:
             values, request = split(values)
+            context.sweep_uploads()
             try:
                 yield from fn(*values)
             except Exception as error:  # noqa: BLE001 - every failure gets its message
@@ -78,6 +79,7 @@ def tab_action(context: AppContext, tab: str, fn: Callable, arg_names: Sequence[
     else:
         def handler(*values: Any) -> Any:
             values, request = split(values)
+            context.sweep_uploads()
             try:
                 return fn(*values)
             except Exception as error:  # noqa: BLE001

@@ -22,6 +22,8 @@ __all__ = ["AppContext", "DEFAULT_CACHE_BYTES", "OUTPUT_MAX_AGE_S"]
 
 DEFAULT_CACHE_BYTES = 2 * 2**30
 OUTPUT_MAX_AGE_S = 3600
+DEFAULT_UPLOAD_CAP_BYTES = 2 * 2**30  # all uploads together (Gradio also removes those older than an hour)
+UPLOAD_GRACE_S = 120  # an upload younger than this may still be in use by its request: never removed
 
 
 @dataclass
@@ -36,6 +38,8 @@ class AppContext:
     runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("MSCSA_LAB_RUNS") or "runs").resolve())
     outputs_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "mscsa_lab_outputs")
     jobs: JobSlot = field(default_factory=JobSlot)
+    uploads_dir: Path | None = None  # Gradio's upload folder (None: its default)
+    upload_cap_bytes: int = DEFAULT_UPLOAD_CAP_BYTES
     _messages: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -55,6 +59,34 @@ class AppContext:
             except OSError:
                 pass
         return Path(tempfile.mkdtemp(prefix=f"{prefix}_", dir=self.outputs_dir))
+
+    def sweep_uploads(self) -> int:
+        """Keep all uploads together under ``upload_cap_bytes``: the oldest go first (never one younger than
+        ``UPLOAD_GRACE_S``, which its request may still read). Returns the bytes removed."""
+        import gradio.utils
+
+        folder = Path(self.uploads_dir or gradio.utils.get_upload_folder())
+        if not folder.is_dir():
+            return 0
+        files = []
+        for path in folder.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    stat = path.stat()
+                    files.append((stat.st_mtime, stat.st_size, path))
+            except OSError:
+                continue
+        total, removed, now = sum(size for _, size, _ in files), 0, time.time()
+        for stamp, size, path in sorted(files):
+            if total <= self.upload_cap_bytes or now - stamp < UPLOAD_GRACE_S:
+                break
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            total -= size
+            removed += size
+        return removed
 
     # ------------------------------------------------------------------ the tabs' last messages
     def remember(self, session: str, tab: str, message: str) -> None:
