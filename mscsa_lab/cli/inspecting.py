@@ -127,7 +127,7 @@ def run_budget(args: argparse.Namespace) -> int:
 
     check_output_paths(args.output)
     result = budget_action(args.name, cap=args.cap, input_size=args.input, task=args.task,
-                           settings=dict(args.settings), progress=progress_printer)
+                           settings=dict(args.settings), progress=progress_printer, limits=limits_from_args(args))
     print_result(result, args)
     if result.data["config"] is not None:
         print(json.dumps(result.data["config"], indent=2))

@@ -184,7 +184,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mscsa_lab.workflows.training import evaluate_action
 
     result = evaluate_action(args.model_dir, args.data, out=args.out, split=args.split, batch=args.batch,
-                             device=args.device, workers=args.workers, synthetic_count=args.synthetic_count)
+                             device=args.device, workers=args.workers, synthetic_count=args.synthetic_count,
+                             limits=limits_from_args(args))
     args.wide = True
     print_result(result, args)
     for path in result.files:

@@ -54,7 +54,7 @@ def compare_action(entries: Sequence[str | ModelSpec], *, input_size: tuple[int,
 
 def budget_action(name: str, *, cap: float = 0.10, input_size: tuple[int, int] = (224, 224),
                   task: str = "classification", settings: dict | None = None, progress: Progress | None = None,
-                  stop: StopFlag = None) -> ActionResult:
+                  stop: StopFlag = None, limits: ResourceLimits | None = None) -> ActionResult:
     """The MSCSA configuration whose added FLOPs come closest to ``cap`` x the backbone's without passing
     it (the paper's ~10% rule). ``data["config"]`` holds the chosen settings (None when none fits)."""
     from mscsa_lab.analysis.budget import fit_flops_budget
@@ -62,6 +62,8 @@ def budget_action(name: str, *, cap: float = 0.10, input_size: tuple[int, int] =
     if not isinstance(cap, (int, float)) or not 0 < cap <= 10:
         raise BudgetError(f"cap {cap!r} is out of range: give a fraction of the backbone's FLOPs above 0 and at "
                           "most 10 (0.1 = 10%)")
+    guard(ModelSpec.resolve(name, task=task, input_size=input_size, settings=settings), limits,
+          keeps_activations=True)  # every candidate is counted like this model
     result = fit_flops_budget(name, cap, input_size, task, progress=progress, stop=stop, **(settings or {}))
     config = result.config.to_dict() if result.config is not None else None
     table = ResultTable(f"Configurations tried under {100 * cap:.1f}% of {result.backbone}'s FLOPs",

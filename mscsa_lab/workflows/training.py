@@ -70,10 +70,14 @@ def train_action(config: Any, *, callbacks: Iterable[Callable] = (), stop: StopF
 
 
 def evaluate_action(model_dir: str, data: str, *, out: str | None = None, split: str = "val", batch: int = 64,
-                    device: str = "auto", workers: int = 0, synthetic_count: int | None = None) -> ActionResult:
+                    device: str = "auto", workers: int = 0, synthetic_count: int | None = None,
+                    limits: ResourceLimits | None = None) -> ActionResult:
     """Top-1/top-k, per-class accuracy and the confusion matrix of a trained run on ``data``."""
+    from mscsa_lab.io.run_metadata import read_run_metadata
     from mscsa_lab.train import evaluate_trained
+    from mscsa_lab.workflows.sources import run_spec
 
+    guard(run_spec(read_run_metadata(model_dir)), limits, batch=batch)
     result, paths = evaluate_trained(model_dir, data, out, split=split, batch_size=batch, device=device,
                                      workers=workers, synthetic_count=synthetic_count)
     table = ResultTable(f"Per-class accuracy of {Path(model_dir).name} on {data} ({split})", result.per_class())

@@ -43,7 +43,7 @@ def run_profile(context: AppContext, spec: ModelSpec | None, convention: str, le
             [str(f) for f in files], notes)
 
 
-def run_budget(name: str, cap_percent: Any, height: Any, width: Any, task: str) -> tuple:
+def run_budget(name: str, cap_percent: Any, height: Any, width: Any, task: str, limits: Any = None) -> tuple:
     """(status, message, chosen settings as JSON, candidates tried)."""
     from mscsa_lab.registry import parse_input_size
 
@@ -55,7 +55,7 @@ def run_budget(name: str, cap_percent: Any, height: Any, width: Any, task: str) 
                           "above 0 and at most 1000, e.g. 10")
     started = time.perf_counter()
     result = budget_action((name or "").strip(), cap=cap / 100.0, input_size=parse_input_size(height, width),
-                           task=task)
+                           task=task, limits=limits)
     status = f"Searched {len(result.table.frame)} configurations in {time.perf_counter() - started:.1f} s."
     return status, result.summary, result.data["config_json"], show_frame(result.table)
 
@@ -124,7 +124,10 @@ def render(context: AppContext, shared: Shared) -> None:
     apply = gr.Button("Apply to Build (and build it)", elem_id="budget-apply")
     candidates = gr.Dataframe(label="Candidates tried", wrap=True, elem_id="budget-table")
     fields = shared.build_fields
-    wire(context, "Budget", fit.click, run_budget, [name, cap, fields["height"], fields["width"], fields["task"]],
+    def on_fit(name: str, cap: Any, height: Any, width: Any, task: str) -> tuple:
+        return run_budget(name, cap, height, width, task, context.limits)
+
+    wire(context, "Budget", fit.click, on_fit, [name, cap, fields["height"], fields["width"], fields["task"]],
          budget_status, [message, config, candidates], "searching", api_name="budget")
 
     def on_apply(chosen_name: str, chosen: str) -> tuple:
