@@ -118,7 +118,7 @@ def add_output_options(parser: argparse.ArgumentParser, plots: bool = True, conv
     parser.add_argument("--digits", *(("--precision",) if precision_alias else ("--precision-digits",)), dest="digits",
                         type=parse_digits, default=3,
                         help="significant figures in the terminal, Markdown and LaTeX (percentages: 1 decimal; FPS: "
-                             "integers) (default: 3)")
+                             "whole numbers from 10 up) (default: 3)")
     parser.add_argument("--latex-columns", type=parse_columns, default=None, metavar="A,B,...",
                         help="columns of the .tex table (default: the ones a paper needs; CSV/JSON keep all)")
     parser.add_argument("--wide", action="store_true", help="print every column (default: the compact set)")
