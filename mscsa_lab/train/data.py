@@ -35,6 +35,7 @@ __all__ = [
     "eval_loader",
     "split_micro_batches",
     "VAL_FOLDER_NAMES",
+    "default_crop_scale",
 ]
 
 VAL_FOLDER_NAMES = ("val", "validation", "valid")
@@ -206,6 +207,18 @@ def data_config_for(backbone: str, img_size: int, crop_pct: float | None = None,
     config["mean"] = tuple(float(v) for v in config["mean"])
     config["std"] = tuple(float(v) for v in config["std"])
     return config
+
+
+def default_crop_scale(img_size: int) -> tuple[float, float]:
+    """The random-resized-crop area range for training images of ``img_size`` pixels.
+
+    timm's (0.08, 1) is made for 224 px ImageNet photos, where the object usually fills much of the
+    frame. Small training images mostly come from small datasets of small objects (digits, icons,
+    the synthetic shapes), where an 8% crop often holds none of the object. The lower bound grows
+    with (224 / size)^2 below 224 px, up to half the image: 0.08 at 224 px, 0.25 at 128, 0.44 at 96,
+    0.5 at 64."""
+    low = min(0.5, 0.08 * (224.0 / max(int(img_size), 1)) ** 2)
+    return (round(max(0.08, low), 3), 1.0)
 
 
 def build_transforms(data_config: dict[str, Any], augment: bool = True, scale: tuple[float, float] | None = None,

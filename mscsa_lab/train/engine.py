@@ -44,6 +44,7 @@ from mscsa_lab.train.data import (
     build_transforms,
     check_batch_fits,
     data_config_for,
+    default_crop_scale,
     default_workers,
     eval_loader,
     scan_data,
@@ -210,6 +211,8 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     scale, ratio = config.scale, config.ratio
     if source.kind == "synthetic":  # flips only, unless asked: a random crop can cut the shape out
         scale, ratio = scale or (1.0, 1.0), ratio or (1.0, 1.0)
+    elif scale is None:
+        scale = default_crop_scale(config.img_size)
     train_tf, eval_tf = build_transforms(data_config, config.augment, scale, config.hflip, config.color_jitter,
                                          config.auto_augment, ratio)
     source.attach_transforms(train_tf, eval_tf)
