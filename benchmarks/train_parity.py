@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's mscsa_lab, also in the subprocesses (PYTHONPATH)
 CACHE = Path.home() / ".cache" / "mscsa_lab" / "parity"
 BACKBONE = "resnet10t"
 BACKBONE_KWARGS = {"channels": [32, 64, 128, 256]}
@@ -170,8 +172,9 @@ def run_engine(data: Path, args, mode: str, weights: Path | None) -> dict:
 
 
 def _run(command: list[str], threads: int) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(command[:6])} ...\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done.stdout + done.stderr
@@ -265,6 +268,9 @@ def main() -> None:
 
     import timm
 
+    import mscsa_lab
+
+    print(f"mscsa_lab from {Path(mscsa_lab.__file__).parent}", flush=True)
     print(f"timm {timm.__version__}; train.py {train_py} (sha256 {hashlib.sha256(train_py.read_bytes()).hexdigest()[:12]})"
           f"; model {args.backbone} {BACKBONE_KWARGS} + MSCSA {MSCSA}; {args.img_size} px, batch {args.batch}, "
           f"{args.epochs} epochs, {args.threads} threads", flush=True)
