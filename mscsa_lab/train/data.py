@@ -88,7 +88,8 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
 def _check_classes(folder: Path, classes: dict[str, list[Path]], role: str, known: Sequence[str] | None = None) -> None:
     suffixes = " ".join(sorted(_image_suffixes()))
     if not classes:
-        loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _image_suffixes()]
+        loose = [p for p in folder.iterdir()
+                 if p.is_file() and p.suffix.lower() in _image_suffixes() and not p.name.startswith(".")]
         hint = (f" ({len(loose)} images lie directly in it: put each class's images in a sub-folder named "
                 f"after the class)") if loose else ""
         raise TrainingInputError(f"{role} folder {str(folder)!r} has no class sub-folders{hint}; expected "
