@@ -20,7 +20,7 @@ from torch import nn
 
 from mscsa_lab.train.distributed import DistInfo, all_reduce_sum
 
-__all__ = ["distillation_loss", "TeacherOutputs", "AgreementResult", "evaluate_agreement"]
+__all__ = ["distillation_loss", "TeacherOutputs", "AgreementResult", "evaluate_agreement", "evaluate_distilled"]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -128,3 +128,51 @@ def evaluate_agreement(model: nn.Module, teacher_outputs: TeacherOutputs, loader
         all_reduce_sum(sums, info)
     images, top1, top5, kl, confidence = sums.tolist()
     return AgreementResult(int(round(images)), int(round(top1)), int(round(top5)), kl, confidence)
+
+
+def evaluate_distilled(model_dir, data: str, split: str = "all", batch_size: int = 32,
+                       device: str = "auto") -> AgreementResult:
+    """Agreement of a distilled run (``model_dir``) with its teacher on the images of ``data``
+    (any folder; ``split``: ``all`` its images, ``val`` the run's held-out split of it), the
+    teacher rebuilt from ``model.json`` (its weights file, or timm's weights)."""
+    from pathlib import Path
+
+    from mscsa_lab.io.checkpoints import load_trained
+    from mscsa_lab.train.config import TrainingInputError
+    from mscsa_lab.train.data import build_transforms, eval_loader, scan_images
+    from mscsa_lab.train.distributed import resolve_device
+    from mscsa_lab.train.teacher import load_teacher
+
+    model, meta = load_trained(model_dir)
+    teacher_meta = meta.get("teacher")
+    if meta.get("mode") != "distill" or not teacher_meta:
+        raise TrainingInputError(f"{str(model_dir)!r} was not distilled from a teacher: evaluate it on labelled images")
+    if split not in ("all", "val"):
+        raise TrainingInputError(f"split {split!r} is unknown: choose all or val")
+    weights = teacher_meta["weights"]
+    from_file = weights != "pretrained (timm)"
+    if from_file and not Path(weights).is_file():
+        raise TrainingInputError(f"the teacher's weights file {weights!r} (from model.json) is gone: put it back")
+    teacher = load_teacher(teacher_meta["backbone"], pretrained=not from_file,
+                           pretrained_file=weights if from_file else None, backbone_kwargs=meta.get("backbone_kwargs"))
+    training = meta.get("training", {})
+    source = scan_images(data, val_fraction=float(training.get("val_fraction", 0.2)) if split == "val" else 1e-9,
+                         seed=int(training.get("seed", 0)), synthetic_size=int(meta["input_size"][0]))
+    pre = meta["preprocessing"]
+    height, width = meta["input_size"]
+    data_config = {"input_size": (3, height, width), "interpolation": pre["interpolation"], "mean": tuple(pre["mean"]),
+                   "std": tuple(pre["std"]), "crop_pct": pre["crop_pct"], "crop_mode": pre.get("crop_mode", "center")}
+    _, eval_transform = build_transforms(data_config, augment=False)
+    source.attach_transforms(eval_transform, eval_transform)
+    dataset = source.val if split == "val" else torch.utils.data.ConcatDataset(
+        [d for d in (source.train, source.val) if d is not None])
+    if dataset is None or len(dataset) == 0:
+        raise TrainingInputError(f"{data!r} has no held-out images: use split 'all'")
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    teacher.model.to(torch_device)
+    outputs = TeacherOutputs(teacher.model, model)
+    try:
+        return evaluate_agreement(model, outputs, eval_loader(dataset, batch_size, 0, 1, 0), torch_device)
+    finally:
+        outputs.close()
