@@ -37,7 +37,7 @@ NARROW = {"channels": [32, 64, 128, 256]}
 MSCSA = dict(pool_stride=8, squeeze_ratio=0.25, depth=1, num_heads=4, key_dim=16, mlp_ratio=2.0)
 
 
-def train_teacher(path: Path, size: int, steps: int, batch: int = 32) -> None:
+def train_teacher(path: Path, size: int, steps: int, min_fraction: float, batch: int = 32) -> None:
     import safetensors.torch
     import timm
 
@@ -47,7 +47,7 @@ def train_teacher(path: Path, size: int, steps: int, batch: int = 32) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps, pct_start=0.1)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     for step in range(steps):
-        samples = [make_sample(step * batch + i, seed=17, size=size) for i in range(batch)]
+        samples = [make_sample(step * batch + i, seed=17, size=size, min_fraction=min_fraction) for i in range(batch)]
         x = torch.stack([(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 - mean) / std for s in samples])
         loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([s.label for s in samples]), label_smoothing=0.1)
         optimizer.zero_grad()
@@ -74,7 +74,7 @@ def peak_in_box(model, meta: dict, folder: Path, teacher) -> dict:
         scale_x, scale_y = width / image.width, height / image.height
         x0, y0, x1, y1 = record["box"][0] * scale_x, record["box"][1] * scale_y, record["box"][2] * scale_x, \
             record["box"][3] * scale_y
-        pixels = torch.from_numpy(np.asarray(image.resize((width, height), Image.BICUBIC))).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(image.resize((width, height), Image.BICUBIC))).permute(2, 0, 1)
         x = ((pixels.float() / 255 - mean) / std)[None]
         with torch.no_grad():
             target = int(teacher(x).argmax(-1))
@@ -96,6 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default=None, help="weights file of a plain resnet10t (narrow) with its classifier")
     parser.add_argument("--teacher-steps", type=int, default=300)
+    parser.add_argument("--min-fraction", type=float, default=0.3,
+                        help="smallest object side / image side (0.3: a teacher learns them in a few hundred steps)")
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--photos", type=int, default=60, help="unlabelled training images")
     parser.add_argument("--steps", type=int, default=300)
@@ -111,9 +113,9 @@ def main() -> None:
     if args.teacher:
         teacher_file = Path(args.teacher)
     else:
-        teacher_file = work / f"teacher-resnet10t-{args.img_size}px-{args.teacher_steps}.safetensors"
+        teacher_file = work / f"teacher-resnet10t-{args.img_size}px-{args.teacher_steps}-{args.min_fraction}.safetensors"
         if not teacher_file.is_file():
-            train_teacher(teacher_file, args.img_size, args.teacher_steps)
+            train_teacher(teacher_file, args.img_size, args.teacher_steps, args.min_fraction)
     classes_file = work / "classes.json"
     classes_file.write_text(json.dumps(list(CLASSES)))
 
@@ -121,13 +123,14 @@ def main() -> None:
     from mscsa_lab.train import TrainConfig, train
     from mscsa_lab.train.teacher import load_teacher
 
-    photos = write_shapes_folder(work / f"photos-{args.photos}", args.photos, args.img_size, seed=3, flat=True)
-    held_out = write_shapes_folder(work / f"held-out-{args.images}", args.images, args.img_size, seed=4, flat=True,
-                                   boxes=True)
+    photos = write_shapes_folder(work / f"photos-{args.photos}-{args.min_fraction}", args.photos, args.img_size, seed=3,
+                                 flat=True, min_fraction=args.min_fraction)
+    held_out = write_shapes_folder(work / f"held-out-{args.images}-{args.min_fraction}", args.images, args.img_size,
+                                   seed=4, flat=True, boxes=True, min_fraction=args.min_fraction)
     out = work / "run"
     config = TrainConfig(data=str(photos), mode="distill", backbone="resnet10t", backbone_kwargs=NARROW, mscsa=MSCSA,
                          pretrained_file=str(teacher_file), teacher_classes=str(classes_file), img_size=args.img_size,
-                         batch_size=args.batch, epochs=1, max_steps=args.steps, workers=0, out=str(out))
+                         batch_size=args.batch, epochs=10_000, max_steps=args.steps, workers=0, out=str(out))
     result = train(config)
     model, meta = load_trained(out)
     teacher = load_teacher("resnet10t", pretrained_file=str(teacher_file), backbone_kwargs=NARROW).model
@@ -140,7 +143,7 @@ def main() -> None:
     std = torch.tensor(meta["preprocessing"]["std"]).view(3, 1, 1)
     right, wanted, got = [], [], []
     for name, record in json.loads((held_out / "boxes.json").read_text()).items():
-        pixels = torch.from_numpy(np.asarray(Image.open(held_out / name).convert("RGB"))).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(Image.open(held_out / name).convert("RGB"))).permute(2, 0, 1)
         x = ((pixels.float() / 255 - mean) / std)[None]
         with torch.no_grad():
             wanted.append(int(teacher(x).argmax()))

@@ -56,16 +56,18 @@ class SyntheticShapes(Dataset):
 
 
 def write_shapes_folder(root: str | Path, count: int, size: int = 96, seed: int = 0, offset: int = 0,
-                        flat: bool = False, boxes: bool = False) -> Path:
+                        flat: bool = False, boxes: bool = False, min_fraction: float = 0.12,
+                        max_fraction: float = 0.8) -> Path:
     """Write ``count`` synthetic images as PNGs: ``root/<class>/<i>.png`` (an image folder timm's
     and torchvision's readers take), or with ``flat`` all in ``root`` (an unlabelled folder).
     ``boxes`` also writes ``root/boxes.json``: file name (relative to ``root``) -> class, box
-    (x0, y0, x1, y1, exclusive) and object size, for scoring where a map points."""
+    (x0, y0, x1, y1, exclusive) and object size, for scoring where a map points. ``min_fraction``
+    / ``max_fraction``: the object's side as a share of the image's (``make_sample``)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     records = {}
     for i in range(count):
-        sample = make_sample(offset + i, seed, size)
+        sample = make_sample(offset + i, seed, size, min_fraction, max_fraction)
         name = f"{offset + i:07d}.png"
         relative = Path(name) if flat else Path(CLASSES[sample.label]) / name
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
