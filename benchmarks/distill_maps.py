@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--images", type=int, default=100, help="held-out images scored")
+    parser.add_argument("--score-min-fraction", type=float, default=None,
+                        help="object sizes of the scored images (default: --min-fraction)")
+    parser.add_argument("--reuse", action="store_true", help="score the run already in --work instead of training")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "mscsa_lab" / "distill_maps"))
     args = parser.parse_args()
     work = Path(args.work).expanduser()
@@ -125,14 +128,19 @@ def main() -> None:
 
     photos = write_shapes_folder(work / f"photos-{args.photos}-{args.min_fraction}", args.photos, args.img_size, seed=3,
                                  flat=True, min_fraction=args.min_fraction)
-    held_out = write_shapes_folder(work / f"held-out-{args.images}-{args.min_fraction}", args.images, args.img_size,
-                                   seed=4, flat=True, boxes=True, min_fraction=args.min_fraction)
+    scored = args.min_fraction if args.score_min_fraction is None else args.score_min_fraction
+    held_out = write_shapes_folder(work / f"held-out-{args.images}-{scored}", args.images, args.img_size,
+                                   seed=4, flat=True, boxes=True, min_fraction=scored)
     out = work / "run"
     config = TrainConfig(data=str(photos), mode="distill", backbone="resnet10t", backbone_kwargs=NARROW, mscsa=MSCSA,
                          pretrained_file=str(teacher_file), teacher_classes=str(classes_file), img_size=args.img_size,
                          batch_size=args.batch, epochs=10_000, max_steps=args.steps, workers=0, out=str(out))
-    result = train(config)
-    model, meta = load_trained(out)
+    if args.reuse and (out / "model.json").is_file():
+        model, meta = load_trained(out)
+        result = argparse.Namespace(steps=meta["training"]["steps"], metrics=meta["metrics"])
+    else:
+        result = train(config)
+        model, meta = load_trained(out)
     teacher = load_teacher("resnet10t", pretrained_file=str(teacher_file), backbone_kwargs=NARROW).model
 
     # agreement on the scored held-out images too (whole images, as the maps see them)
@@ -157,7 +165,7 @@ def main() -> None:
           f"on the {len(wanted)} scored images {100 * np.mean(np.array(wanted) == np.array(got)):.1f}% "
           f"(chance, the teacher's most common class: {chance:.1f}%)")
     print(f"tokens per scale {meta['tokens']['tokens_per_scale']} (grids {meta['tokens']['scale_grids']})")
-    print(f"peak-in-box on {maps['images']} held-out images, gradxact on keys, block 0 layer 1, per scale "
+    print(f"peak-in-box on {maps['images']} held-out images (objects of {scored:g}-0.8 of the side), gradxact on keys, block 0 layer 1, per scale "
           f"X0/X1/X2: {maps['peak_in_box_per_scale']} %; image centre in the box: {maps['centre_in_box']} %")
     print(f"({time.perf_counter() - started:.0f} s)")
 
