@@ -210,11 +210,13 @@ def test_distillation_learns_the_teachers_predictions_from_a_flat_folder(tmp_pat
     with torch.no_grad():
         wanted, got = teacher(x).argmax(-1), model(x).argmax(-1)
     chance = 100.0 * np.bincount(wanted.numpy()).max() / len(wanted)
-    agreement = 100.0 * (wanted == got).float().mean().item()
-    assert agreement == pytest.approx(result.metrics["agreement_top1"], abs=1e-6)  # the saved file is the run's
+    agreement = 100.0 * (wanted == got).double().mean().item()
+    assert agreement == pytest.approx(result.metrics["agreement_top1"], abs=1e-3)  # the saved file is the run's
     assert agreement >= chance + 25, (agreement, chance)
     history = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert len(history) == 200 and history["val_agreement"].notna().sum() == 1
+    # 40 training images shown 10 times per epoch (25 steps of 16): held-out agreement after each epoch
+    assert len(history) == 200 and list(history.dropna(subset=["val_agreement"])["step"]) == list(range(25, 201, 25))
+    assert history["val_agreement"].iloc[-1] == pytest.approx(result.metrics["agreement_top1"])
 
 
 def test_history_has_a_row_per_logged_step_even_when_the_run_stops_mid_epoch(tmp_path):
