@@ -184,7 +184,11 @@ def _run(command: list[str], threads: int) -> str:
 def write_digits(root: Path, size: int) -> int:
     """scikit-learn's digits as PNGs, 20% of each class in val/ (seeded)."""
     from PIL import Image
-    from sklearn.datasets import load_digits
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        sys.exit("the digits come with scikit-learn: pip install scikit-learn (or --datasets shapes)")
 
     if (root / "done").is_file():
         return 10
