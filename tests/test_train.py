@@ -85,8 +85,10 @@ def test_library_run_records_progress_writes_model_and_reloads(tmp_path):
     assert set(meta["preprocessing"]) >= {"mean", "std", "interpolation", "crop_pct"}
     assert meta["metrics"]["top1"] == pytest.approx(result.metrics["top1"]) and meta["metrics"]["images"] == 10
     assert meta["metadata"]["libraries"]["timm"] and meta["training"]["mode"] == "scratch"
-    history = pd.read_csv(out / "history.csv")
-    assert list(history["epoch"]) == [1, 2, 3]
+    history = pd.read_csv(out / "history.csv")  # one row per logged step, held-out results at each epoch's end
+    assert list(history["step"]) == list(range(1, 16)) and list(history["epoch"]) == [1] * 5 + [2] * 5 + [3] * 5
+    assert list(history.dropna(subset=["val_top1"])["step"]) == [5, 10, 15]
+    assert history["val_top1"].iloc[-1] == pytest.approx(result.history[-1]["val_top1"])
 
     model, loaded_meta = load_trained(out)
     assert loaded_meta["classes"] == meta["classes"] and not model.training

@@ -7,6 +7,8 @@ and nothing is stored on disk.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
@@ -15,7 +17,7 @@ from torch.utils.data import Dataset
 from mscsa_lab.data.synthetic import CLASSES, make_sample
 from mscsa_lab.errors import UserError
 
-__all__ = ["SyntheticShapes", "HELD_OUT_OFFSET", "SyntheticDataError"]
+__all__ = ["SyntheticShapes", "HELD_OUT_OFFSET", "SyntheticDataError", "write_shapes_folder"]
 
 
 class SyntheticDataError(UserError, ValueError):
@@ -56,3 +58,27 @@ class SyntheticShapes(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label
+
+
+def write_shapes_folder(root: str | Path, count: int, size: int = 96, seed: int = 0, offset: int = 0,
+                        flat: bool = False, boxes: bool = False, min_fraction: float = 0.12,
+                        max_fraction: float = 0.8) -> Path:
+    """Write ``count`` synthetic images as PNGs: ``root/<class>/<i>.png`` (an image folder timm's
+    and torchvision's readers take), or with ``flat`` all in ``root`` (an unlabelled folder).
+    ``boxes`` also writes ``root/boxes.json``: file name (relative to ``root``) -> class, box
+    (x0, y0, x1, y1, exclusive) and object size, for scoring where a map points. ``min_fraction``
+    / ``max_fraction``: the object's side as a share of the image's (``make_sample``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    records = {}
+    for i in range(count):
+        sample = make_sample(offset + i, seed, size, min_fraction, max_fraction)
+        name = f"{offset + i:07d}.png"
+        relative = Path(name) if flat else Path(CLASSES[sample.label]) / name
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample.image).save(root / relative)
+        records[relative.as_posix()] = {"label": CLASSES[sample.label], "box": list(sample.box),
+                                        "size_fraction": round(sample.size_fraction, 4)}
+    if boxes:
+        (root / "boxes.json").write_text(json.dumps(records, indent=1) + "\n")
+    return root

@@ -10,13 +10,19 @@ from pathlib import Path
 from typing import Any
 from mscsa_lab.errors import UserError
 
-__all__ = ["TrainConfig", "TrainingInputError", "MODES", "AMP_MODES", "DEFAULT_LR", "SYNTHETIC"]
+__all__ = ["TrainConfig", "TrainingInputError", "MODES", "AMP_MODES", "DEFAULT_LR", "SYNTHETIC", "backbone_input_size"]
 
-MODES = ("mscsa-only", "finetune", "scratch")
+MODES = ("mscsa-only", "finetune", "scratch", "distill")
 AMP_MODES = ("none", "bf16", "fp16")
 SYNTHETIC = "synthetic"
 # AdamW learning rates that work for each mode at batch 32-256 (scaled by nothing: set lr to change).
-DEFAULT_LR = {"mscsa-only": 1e-3, "finetune": 3e-4, "scratch": 1e-3}
+DEFAULT_LR = {"mscsa-only": 1e-3, "finetune": 3e-4, "scratch": 1e-3, "distill": 1e-3}
+# Distillation: the targets are the teacher's outputs on the very image the student sees, so any
+# augmentation keeps them right; strong augmentation lets a few dozen photos give many views.
+DISTILL_COLOR_JITTER = 0.4
+DISTILL_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+# A distillation epoch shows every image enough times for at least this many optimizer steps.
+DISTILL_MIN_STEPS_PER_EPOCH = 25
 
 
 class TrainingInputError(UserError, ValueError):
@@ -35,11 +41,24 @@ class TrainConfig:
         both: the profile's MSCSA settings on another backbone.
     mode: ``mscsa-only`` (backbone frozen and kept in eval mode, MSCSA + head train),
         ``finetune`` (everything trains), ``scratch`` (everything trains from random weights).
+        ``distill`` (no labels needed): the backbone with its own trained classifier is the
+        teacher (``pretrained`` or ``pretrained_file``, whole model), frozen; MSCSA and its head
+        learn to reproduce the teacher's predictions (KL divergence at ``temperature``) on any
+        folder of images (flat, or class folders whose names are ignored). The run's classes are
+        the teacher's (``teacher_classes``: a JSON file of names; see ``mscsa_lab.train.teacher``).
         None: ``finetune`` with pretrained weights, else ``scratch``.
+    img_size: None: the backbone's own input size (its timm test size, at least 224), the size its
+        weights know and maps worth looking at (use 384 or 448 for finer maps).
     max_steps: stop after this many optimizer steps (the schedule spans them), whatever ``epochs``.
-    augment / scale / ratio / hflip / color_jitter / auto_augment: timm's training transform. scale
-        and ratio None: timm's random-resized-crop defaults (0.08-1 of the area, 3/4-4/3) for
-        folders; for the synthetic shapes flips only (a crop could cut the object out).
+    augment / scale / ratio / hflip / color_jitter / auto_augment: timm's training transform
+        (random-resized crop of ``scale`` of the area with aspect ratios in ``ratio``, horizontal
+        flip with probability ``hflip``). scale None: ``default_crop_scale(img_size)`` for folders
+        (timm's 0.08-1 at 224 px and above, a larger minimum for smaller images so small objects
+        stay in the crop); flips only for the synthetic shapes. ratio None: 3/4-4/3.
+        color_jitter / auto_augment None: 0.4 and RandAugment for distillation, none otherwise
+        (``auto_augment="none"`` turns it off).
+    repeat: times each training image is shown per epoch; None: 1, or for distillation enough
+        for 25 steps per epoch (a few dozen photos then still give a useful run).
     amp: ``bf16`` / ``fp16`` autocast (fp16 with a GradScaler, CUDA only) or ``none`` (fp32).
     out: directory for ``model.safetensors``, ``model.json``, ``history.csv`` and the resumable
         ``last/`` state; None writes nothing (library use).
@@ -53,7 +72,7 @@ class TrainConfig:
     mode: str | None = None
     pretrained: bool = False
     pretrained_file: str | None = None
-    img_size: int = 224
+    img_size: int | None = None
     epochs: int = 10
     max_steps: int | None = None
     batch_size: int = 32
@@ -78,10 +97,13 @@ class TrainConfig:
     scale: tuple[float, float] | None = None
     ratio: tuple[float, float] | None = None
     hflip: float = 0.5
-    color_jitter: float = 0.0
+    color_jitter: float | None = None
     auto_augment: str | None = None
     crop_pct: float | None = None
     interpolation: str | None = None
+    repeat: int | None = None
+    temperature: float = 1.0
+    teacher_classes: str | None = None
     val_fraction: float = 0.2
     synthetic_train: int = 2000
     synthetic_val: int = 500
@@ -107,6 +129,24 @@ class TrainConfig:
     @property
     def resolved_lr(self) -> float:
         return float(self.lr) if self.lr is not None else DEFAULT_LR[self.resolved_mode]
+
+    @property
+    def resolved_color_jitter(self) -> float:
+        if self.color_jitter is not None:
+            return float(self.color_jitter)
+        return DISTILL_COLOR_JITTER if self.resolved_mode == "distill" else 0.0
+
+    @property
+    def resolved_auto_augment(self) -> str | None:
+        if self.auto_augment is not None:
+            return None if str(self.auto_augment).strip().lower() in ("", "none") else self.auto_augment
+        return DISTILL_AUTO_AUGMENT if self.resolved_mode == "distill" else None
+
+    def with_resolved_size(self) -> "TrainConfig":
+        """This config with ``img_size`` set (the backbone's own input size when None)."""
+        if self.img_size is not None:
+            return self
+        return self.replace(img_size=backbone_input_size(self.backbone or _profile_backbone(self.profile)))
 
     @property
     def is_synthetic(self) -> bool:
@@ -169,7 +209,7 @@ class TrainConfig:
                             "or use mode 'finetune' or 'mscsa-only'")
         if self.pretrained_file is not None and not Path(self.pretrained_file).is_file():
             problems.append(f"pretrained file {str(self.pretrained_file)!r} does not exist")
-        whole("img_size", 32)
+        whole("img_size", 32, allow_none=True)
         if isinstance(self.img_size, int) and not isinstance(self.img_size, bool) and self.img_size > 4096:
             problems.append(f"image size {self.img_size} is too large: choose at most 4096 pixels")
         whole("epochs", 1)
@@ -177,6 +217,7 @@ class TrainConfig:
         whole("batch_size", 1)
         whole("accum_steps", 1)
         whole("warmup_steps", 0)
+        whole("repeat", 1, allow_none=True)
         whole("synthetic_train", 1)
         whole("synthetic_val", 0)
         whole("workers", 0, allow_none=True)
@@ -197,7 +238,8 @@ class TrainConfig:
         number("backbone_drop_path", 0.0, 1.0, high_open=True)
         number("ema_decay", 0.0, 1.0, low_open=True, high_open=True)
         number("hflip", 0.0, 1.0)
-        number("color_jitter", 0.0, 1.0)
+        number("color_jitter", 0.0, 1.0, allow_none=True)
+        number("temperature", 0.0, 100.0, low_open=True)
         number("crop_pct", 0.0, 1.0, low_open=True, allow_none=True)
         number("val_fraction", 0.0, 1.0, low_open=True, high_open=True)
         if self.scale is not None and not _pair(self.scale, 1.0):
@@ -213,6 +255,13 @@ class TrainConfig:
             problems.append("backbone_kwargs must be a mapping of timm keyword arguments")
         if (self.mixup or self.cutmix) and isinstance(self.batch_size, int) and self.batch_size % 2:
             problems.append(f"mixup/cutmix mixes pairs of images: use an even batch size, not {self.batch_size}")
+        if self.resolved_mode == "distill" and not (self.pretrained or self.pretrained_file):
+            problems.append("mode 'distill' explains a trained backbone: give its weights with --pretrained (timm's) or "
+                            "--pretrained-file (a file of the whole model, classifier included)")
+        if self.teacher_classes is not None and self.resolved_mode != "distill":
+            problems.append("teacher classes name the classes of a distillation teacher: use them with mode 'distill'")
+        if self.teacher_classes is not None and not Path(self.teacher_classes).is_file():
+            problems.append(f"class names file {str(self.teacher_classes)!r} does not exist")
         if self.resume and not self.out:
             problems.append("resume needs the output directory of the run to continue (out)")
         if problems:
@@ -232,3 +281,29 @@ def _pair(value: Any, high: float) -> bool:
 
 def _label(name: str) -> str:
     return _LABELS.get(name, name)
+
+
+def _profile_backbone(profile: str | None) -> str | None:
+    if not profile:
+        return None
+    from mscsa_lab.presets import ProfileError, load_profile
+
+    try:
+        return load_profile(profile).backbone
+    except ProfileError:
+        return None  # reported by the model build, with the list of profiles
+
+
+def backbone_input_size(backbone: str | None, minimum: int = 224) -> int:
+    """The side of the input the backbone's timm weights were evaluated at (``test_input_size``,
+    else ``input_size``), at least ``minimum``: the default image size of a run."""
+    import timm
+
+    if not backbone or not timm.is_model(backbone):
+        return minimum
+    try:
+        cfg = timm.models.get_pretrained_cfg(backbone)
+    except Exception:  # noqa: BLE001 - timm raises several types for names without a config
+        cfg = None
+    size = (getattr(cfg, "test_input_size", None) or getattr(cfg, "input_size", None)) if cfg is not None else None
+    return max(minimum, int(size[-1])) if size else minimum

@@ -35,6 +35,10 @@ __all__ = [
     "eval_loader",
     "split_micro_batches",
     "VAL_FOLDER_NAMES",
+    "default_crop_scale",
+    "scan_images",
+    "ImageFiles",
+    "repeat_dataset",
 ]
 
 VAL_FOLDER_NAMES = ("val", "validation", "valid")
@@ -84,7 +88,8 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
 def _check_classes(folder: Path, classes: dict[str, list[Path]], role: str, known: Sequence[str] | None = None) -> None:
     suffixes = " ".join(sorted(_image_suffixes()))
     if not classes:
-        loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _image_suffixes()]
+        loose = [p for p in folder.iterdir()
+                 if p.is_file() and p.suffix.lower() in _image_suffixes() and not p.name.startswith(".")]
         hint = (f" ({len(loose)} images lie directly in it: put each class's images in a sub-folder named "
                 f"after the class)") if loose else ""
         raise TrainingInputError(f"{role} folder {str(folder)!r} has no class sub-folders{hint}; expected "
@@ -188,6 +193,77 @@ def scan_data(data: str, *, synthetic_size: int = 96, synthetic_train: int = 200
     )
 
 
+# ---------------------------------------------------------------------- images without labels
+class ImageFiles(Dataset):
+    """Image files as ``(image, 0)`` items (the label is unused): the data of a distillation run,
+    whose targets come from the teacher. Photos are turned upright by their EXIF orientation."""
+
+    def __init__(self, files: Sequence[Path], transform=None) -> None:
+        self.files = list(files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        from PIL import Image, ImageOps, UnidentifiedImageError
+
+        path = self.files[index]
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened).convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise TrainingInputError(f"image {str(path)!r} cannot be read ({error}): remove or replace it") from None
+        return (self.transform(image) if self.transform is not None else image), 0
+
+
+def _image_files(folder: Path) -> list[Path]:
+    suffixes = _image_suffixes()
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def scan_images(data: str, *, val_fraction: float = 0.2, seed: int = 0, synthetic_size: int = 96,
+                synthetic_train: int = 2000, synthetic_val: int = 500) -> DataSource:
+    """Images without labels (distillation): every image under ``data``, flat or in sub-folders of
+    any names; ``train/`` beside ``val/`` keeps that split, otherwise a seeded ``val_fraction`` of
+    the images is held out (none when there is a single image). ``"synthetic"``: the shapes."""
+    if str(data).strip().lower() == "synthetic":
+        source = scan_data(data, synthetic_size=synthetic_size, synthetic_train=synthetic_train,
+                           synthetic_val=synthetic_val, seed=seed)
+        source.classes = []
+        return source
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise TrainingInputError(f"data folder {str(root)!r} does not exist" if not root.exists() else
+                                 f"data {str(root)!r} is a file: give a folder of images")
+    val_dir = next((root / name for name in VAL_FOLDER_NAMES if (root / name).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        train_files, held_files = _image_files(root / "train"), _image_files(val_dir)
+        kind, how = "folders", f"{root / 'train'} and {val_dir}"
+    else:
+        files = _image_files(root)
+        order = list(range(len(files)))
+        random.Random(seed).shuffle(order)
+        n_held = min(max(1, round(val_fraction * len(files))), len(files) - 1) if len(files) >= 2 else 0
+        held_files = sorted(files[i] for i in order[:n_held])
+        train_files = sorted(files[i] for i in order[n_held:])
+        kind, how = "split", f"{root} (seeded split, fraction {val_fraction}, seed {seed})"
+    if not train_files:
+        suffixes = " ".join(sorted(_image_suffixes()))
+        raise TrainingInputError(f"no images in {str(root)!r} (looked for {suffixes}, in it and its sub-folders)")
+    train, held = ImageFiles(train_files), ImageFiles(held_files) if held_files else None
+    description = f"{how}: {len(train_files)} training and {len(held_files)} held-out images (labels unused)"
+    return DataSource(kind, str(root), [], train, held, len(train_files), len(held_files), description, train, held)
+
+
+def repeat_dataset(dataset: Dataset, times: int) -> Dataset:
+    """``dataset`` with every item ``times`` times in each epoch (each time with its own augmentation)."""
+    if times <= 1:
+        return dataset
+    return Subset(dataset, [i for _ in range(times) for i in range(len(dataset))])
+
+
 # ---------------------------------------------------------------------- preprocessing
 def data_config_for(backbone: str, img_size: int, crop_pct: float | None = None,
                     interpolation: str | None = None, model: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -206,6 +282,18 @@ def data_config_for(backbone: str, img_size: int, crop_pct: float | None = None,
     config["mean"] = tuple(float(v) for v in config["mean"])
     config["std"] = tuple(float(v) for v in config["std"])
     return config
+
+
+def default_crop_scale(img_size: int) -> tuple[float, float]:
+    """The random-resized-crop area range for training images of ``img_size`` pixels.
+
+    timm's (0.08, 1) is made for 224 px ImageNet photos, where the object usually fills much of the
+    frame. Small training images mostly come from small datasets of small objects (digits, icons,
+    the synthetic shapes), where an 8% crop often holds none of the object. The lower bound grows
+    with (224 / size)^2 below 224 px, up to half the image: 0.08 at 224 px, 0.25 at 128, 0.44 at 96,
+    0.5 at 64."""
+    low = min(0.5, 0.08 * (224.0 / max(int(img_size), 1)) ** 2)
+    return (round(max(0.08, low), 3), 1.0)
 
 
 def build_transforms(data_config: dict[str, Any], augment: bool = True, scale: tuple[float, float] | None = None,

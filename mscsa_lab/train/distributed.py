@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from mscsa_lab.bench.settings import DeviceError
 
-__all__ = ["DistInfo", "setup", "cleanup", "resolve_device", "all_reduce_sum", "barrier", "gather_objects"]
+__all__ = ["DistInfo", "setup", "cleanup", "resolve_device", "all_reduce_sum", "barrier", "gather_objects",
+           "average_batchnorm_stats"]
 
 
 @dataclass
@@ -96,3 +97,24 @@ def gather_objects(obj, info: DistInfo) -> list:
     out = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+@torch.no_grad()
+def average_batchnorm_stats(model: torch.nn.Module, info: DistInfo) -> int:
+    """Average the running mean and variance of every BatchNorm over processes, in place.
+
+    Without SyncBatchNorm (CPU processes) each process's statistics follow its own batches (DDP
+    broadcasts rank 0's buffers before each forward, and each process then updates its own), so
+    processes evaluating their shards would disagree with the weights rank 0 saves. Called before
+    every evaluation and save, it makes all processes hold the same statistics, which rank 0
+    writes: the accuracy a run reports is the accuracy of its file (timm's ``distribute_bn``
+    'reduce' does the same). Returns the number of BatchNorm layers averaged."""
+    if not info.distributed:
+        return 0
+    layers = [m for m in model.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    for layer in layers:
+        for buffer in (layer.running_mean, layer.running_var):
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(info.world_size)
+    return len(layers)

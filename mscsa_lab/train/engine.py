@@ -13,25 +13,23 @@ the same gradients (BatchNorm batches included) as N processes with plain DDP.
 
 BatchNorm across processes: on GPUs the model's BatchNorms are converted to ``SyncBatchNorm`` (one
 set of batch statistics over the global batch). PyTorch's SyncBatchNorm is CUDA-only; on CPUs
-(gloo) each process normalises with its own batch, as N accumulation steps would.
+(gloo) each process normalises with its own batch, as N accumulation steps would, and the running
+statistics are averaged over processes before every evaluation and save, so the accuracy a run
+reports is that of the file it writes.
+
+Mode ``distill`` (``mscsa_lab.train.distill``): the loss is the KL divergence to the teacher's
+predictions on the same augmented images; labels are never read.
 """
 from __future__ import annotations
 
-import csv
 import math
-import random
-import shlex
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
-from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import AverageMeter, ModelEmaV3, dispatch_clip_grad
@@ -39,40 +37,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mscsa_lab.train.config import TrainConfig, TrainingInputError
-from mscsa_lab.train.data import (
-    ResumableSampler,
-    build_transforms,
-    check_batch_fits,
-    data_config_for,
-    default_workers,
-    eval_loader,
-    scan_data,
-    split_micro_batches,
-    steps_per_epoch,
-    train_loader,
-)
-from mscsa_lab.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_objects, setup
+from mscsa_lab.train.data import (ResumableSampler, build_transforms, data_config_for, default_workers, eval_loader,
+                                  split_micro_batches, steps_per_epoch, train_loader)
+from mscsa_lab.train.distill import AgreementResult, distillation_loss, evaluate_agreement
+from mscsa_lab.train.distributed import (DistInfo, all_reduce_sum, average_batchnorm_stats, barrier, cleanup,
+                                         gather_objects, setup)
 from mscsa_lab.train.evaluate import EvalResult, evaluate_model
+from mscsa_lab.train.parts import (RESUME_FIELDS, attach_teacher, augmentation_settings, build_criterion, build_model,
+                                   check_resumable, describe_model, freeze_for_mode, prepare_data, raw_images,
+                                   restore_state, seed_everything, teacher_for)
+from mscsa_lab.train.outputs import (HISTORY_FILE, METADATA_FILE, MODEL_FILE, attach_eval, metrics_of, model_info,
+                                     token_grid, write_outputs)
 from mscsa_lab.train.progress import Callback, ProgressEvent, StopFlag, should_stop
-from mscsa_lab.train.state import (
-    capture_rng,
-    load_training_state,
-    readable_by_umask,
-    restore_rng,
-    save_training_state,
-)
+from mscsa_lab.train.state import capture_rng, load_training_state, save_training_state
 from mscsa_lab.errors import UserError
 
 __all__ = ["train", "TrainResult", "TrainingDivergedError", "MODEL_FILE", "METADATA_FILE", "HISTORY_FILE",
            "RESUME_FIELDS"]
 
-MODEL_FILE = "model.safetensors"
-METADATA_FILE = "model.json"
-HISTORY_FILE = "history.csv"
-FORMAT = "mscsa_lab.trained/1"
-# Settings that must match to continue a run: they decide the model or which images it sees.
-RESUME_FIELDS = ("data", "profile", "backbone", "backbone_kwargs", "mscsa", "mode", "pretrained", "pretrained_file",
-                 "img_size", "seed", "val_fraction", "synthetic_train", "synthetic_val", "ema", "drop_rate")
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -96,12 +78,8 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     evaluation: EvalResult | None = None
     model_info: dict[str, Any] = field(default_factory=dict)  # what model.json holds
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    step_history: list[dict[str, Any]] = field(default_factory=list)  # one row per logged step (history.csv)
+    agreement: AgreementResult | None = None  # distillation: held-out agreement with the teacher
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -120,33 +98,6 @@ def _emit(callbacks: list[Callback], info: DistInfo, event: ProgressEvent) -> No
             callback(event)
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
-    changed = [f"{name}: was {saved.get(name)!r}, now {getattr(config, name)!r}"
-               for name in RESUME_FIELDS if _normal(saved.get(name)) != _normal(getattr(config, name))]
-    if changed:
-        raise TrainingInputError("cannot resume: the run in this folder was started with other settings ("
-                                 + "; ".join(changed) + "). Repeat the original settings, or use a new --out.")
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def _build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    from mscsa_lab.registry import create_mscsa_model
-
-    backbone_kwargs = dict(config.backbone_kwargs)
-    if config.backbone_drop_path:
-        backbone_kwargs["drop_path_rate"] = config.backbone_drop_path
-    return create_mscsa_model(
-        config.profile, backbone=config.backbone, num_classes=num_classes, img_size=config.img_size,
-        pretrained=bool(config.pretrained), pretrained_file=config.pretrained_file, drop_rate=config.drop_rate,
-        backbone_kwargs=backbone_kwargs or None, **config.mscsa,
-    )
-
-
 def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: StopFlag = None,
           model: nn.Module | None = None) -> TrainResult:
     """Train as ``config`` says; see ``TrainConfig``. ``callbacks`` get ``ProgressEvent``s (rank 0
@@ -154,7 +105,7 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: StopFla
     optimizer step. ``model``: train this classifier instead of building one (benchmarks; mode
     ``mscsa-only`` then freezes its ``.backbone``); nothing is written for it (``out`` must be None).
     """
-    config = config.validate()
+    config = config.validate().with_resolved_size()
     info = setup(config.device)
     try:
         return _train(config, list(callbacks), stop, model, info)
@@ -172,6 +123,8 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     custom_model = model is not None
     if custom_model and out is not None:
         raise TrainingInputError("a model passed to train() is not rebuilt from model.json: use out=None with it")
+    if custom_model and mode == "distill":
+        raise TrainingInputError("mode 'distill' builds its student from the teacher: pass no model to train()")
     if config.amp == "fp16" and device.type != "cuda":
         raise TrainingInputError("fp16 autocast needs a CUDA GPU; on the CPU use amp 'bf16' or 'none'")
     sync_bn = config.sync_bn if config.sync_bn is not None else (info.distributed and device.type == "cuda")
@@ -181,38 +134,33 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     resume_state = None
     if config.resume:
         resume_state = load_training_state(out)
-        _check_resumable(resume_state["config"], config)
+        check_resumable(resume_state["config"], config)
 
-    # ---------------------------------------------------------------- data (classes first)
-    source = scan_data(config.data, synthetic_size=config.img_size, synthetic_train=config.synthetic_train,
-                       synthetic_val=config.synthetic_val, val_fraction=config.val_fraction, seed=config.seed)
-    check_batch_fits(len(source.train), info.world_size, config.batch_size, config.accum_steps)
-    classes = source.classes
+    # ---------------------------------------------------------------- data and classes (the teacher's in distill)
+    source = prepare_data(config, mode, info, notes)
+    teacher = teacher_info = None
+    if mode == "distill":
+        teacher_name, teacher = teacher_for(config)
+        classes = teacher.classes
+        notes.extend(teacher.notes)
+        teacher_info = teacher.describe(teacher_name)
+    else:
+        classes = source.classes
 
     # ---------------------------------------------------------------- model
-    _seed_everything(config.seed)  # the same initial weights on every process
+    seed_everything(config.seed)  # the same initial weights on every process
     if model is None:
-        model = _build_model(config, len(classes))
-    if mode == "mscsa-only":
-        if not hasattr(model, "backbone"):
-            raise TrainingInputError("mode 'mscsa-only' freezes the model's .backbone, and this model has none")
-        model.backbone.requires_grad_(False)
-        if not (config.pretrained or config.pretrained_file) and not custom_model:
-            notes.append("mscsa-only without pretrained weights: the frozen backbone keeps its random initial weights")
-    elif mode == "finetune" and not (config.pretrained or config.pretrained_file) and not custom_model:
-        notes.append("finetune without pretrained weights trains everything from random weights (as 'scratch')")
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise TrainingInputError("the model has no trainable parameters in this mode")
+        model = build_model(config, len(classes))
+    frozen_backbone = freeze_for_mode(model, config, mode, custom_model, notes)
     backbone_name = model.backbone.name if hasattr(model.backbone, "name") else config.backbone
     crop_pct = config.crop_pct if config.crop_pct is not None else (1.0 if source.kind == "synthetic" else None)
     data_config = data_config_for(backbone_name, config.img_size, crop_pct, config.interpolation, model)
-    scale, ratio = config.scale, config.ratio
-    if source.kind == "synthetic":  # flips only, unless asked: a random crop can cut the shape out
-        scale, ratio = scale or (1.0, 1.0), ratio or (1.0, 1.0)
-    train_tf, eval_tf = build_transforms(data_config, config.augment, scale, config.hflip, config.color_jitter,
-                                         config.auto_augment, ratio)
+    augmentation = augmentation_settings(config, source)
+    train_tf, eval_tf = build_transforms(data_config, config.augment, augmentation["scale"], config.hflip,
+                                         augmentation["color_jitter"], augmentation["auto_augment"],
+                                         augmentation["ratio"])
     source.attach_transforms(train_tf, eval_tf)
+    tokens = token_grid(model, config.img_size, config.img_size) if not custom_model else None
 
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -222,6 +170,10 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    teacher_outputs = None
+    if teacher is not None:
+        teacher_outputs = attach_teacher(teacher, model, raw_images(source, 4, eval_tf), device, channels_last,
+                                         teacher_info, notes)
 
     lr = config.resolved_lr
     optimizer = create_optimizer_v2(model, opt=config.opt, lr=lr, weight_decay=config.weight_decay,
@@ -250,51 +202,21 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
                                        warmup_epochs=config.warmup_steps, warmup_lr=config.warmup_lr,
                                        min_lr=config.min_lr, step_on_epochs=False, updates_per_epoch=1)
 
-    mixup = None
-    if config.mixup > 0 or config.cutmix > 0:
-        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
-                      num_classes=len(classes))
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif config.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=config.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
+    mixup, criterion = build_criterion(config, len(classes))
 
     # ---------------------------------------------------------------- resume
     global_step, start_epoch, skip = 0, 0, 0
     history: list[dict[str, Any]] = []
+    step_history: list[dict[str, Any]] = []
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None and resume_state.get("scheduler") and resume_state.get("total_steps") == total_steps:
-            scheduler.load_state_dict(resume_state["scheduler"])
-        if ema is not None and "ema" in resume_state:
-            ema.module.load_state_dict(resume_state["ema"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        global_step = int(resume_state["global_step"])
-        start_epoch = int(resume_state["epoch"])
-        history = list(resume_state.get("history", []))
-        same_world = int(resume_state.get("world_size", 1)) == info.world_size
-        skip = int(resume_state.get("samples_in_epoch", 0)) if same_world else 0
-        if not same_world and resume_state.get("samples_in_epoch"):
-            notes.append(f"resumed with {info.world_size} processes instead of {resume_state.get('world_size')}: "
-                         f"epoch {start_epoch + 1} restarts from its beginning")
-        rng_states = resume_state.get("rng", [])
-        if same_world and info.rank < len(rng_states):
-            restore_rng(rng_states[info.rank])
-        else:
-            _seed_everything(config.seed + info.rank + 1000 * start_epoch)
-        if scheduler is not None:
-            scheduler.step_update(num_updates=global_step)
-        notes.append(f"resumed from {resume_state['path']} at epoch {start_epoch + 1}, step {global_step}")
+        global_step, start_epoch, skip, history, step_history = restore_state(
+            resume_state, model, optimizer, scheduler, ema, scaler, info, config, total_steps, notes)
     else:
-        _seed_everything(config.seed + info.rank)  # augmentation / dropout differ per process
+        seed_everything(config.seed + info.rank)  # augmentation / dropout differ per process
 
     net: nn.Module = model
     if info.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    frozen_backbone = mode == "mscsa-only"
 
     # ---------------------------------------------------------------- the loop
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
@@ -305,12 +227,13 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     train_time = 0.0
     images_run = 0
     status = "completed"
-    last_eval: tuple[int, EvalResult] | None = None
+    last_eval: tuple[int, Any] | None = None
     epoch = start_epoch
     lr_now = optimizer.param_groups[0]["lr"]
 
-    start_message = (f"training {_describe(model, config, mode)} on {source.description}; {len(classes)} classes; "
-                     f"{per_epoch} steps/epoch x {config.epochs} epochs"
+    start_message = (f"training {describe_model(model, config, mode)} on {source.description}; {len(classes)} classes"
+                     + (f" (the teacher's, {teacher_info['classes_source']})" if teacher_info else "")
+                     + f"; {per_epoch} steps/epoch x {config.epochs} epochs"
                      + (f", max {config.max_steps} steps" if config.max_steps else "")
                      + f" = {total_steps} steps; global batch {loader_batch * world} ({world} process"
                      + ("es" if world > 1 else "") + f", {device.type}, amp {config.amp})"
@@ -318,13 +241,20 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     _emit(callbacks, info, ProgressEvent("start", global_step, total_steps, epoch, config.epochs, lr=lr_now,
                                          message=start_message))
 
-    def eval_now() -> EvalResult | None:
+    def eval_now():
+        """Held-out evaluation (BatchNorm statistics averaged over processes first)."""
         if val_loader is None:
             return None
         target = ema.module if ema is not None else model
+        average_batchnorm_stats(target, info)
+        if teacher_outputs is not None:
+            return evaluate_agreement(target, teacher_outputs, val_loader, device, info, amp_dtype, channels_last)
         return evaluate_model(target, val_loader, classes, device, info, amp_dtype, channels_last)
 
     def save_state(epoch_index: int, samples_in_epoch: int) -> None:
+        average_batchnorm_stats(model, info)
+        if ema is not None:
+            average_batchnorm_stats(ema.module, info)
         rng = gather_objects(capture_rng(), info)
         if info.is_main and out is not None:
             save_training_state(out, model, ema.module if ema is not None else None, {
@@ -333,7 +263,7 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "epoch": epoch_index, "samples_in_epoch": samples_in_epoch, "global_step": global_step,
                 "total_steps": total_steps, "world_size": world, "rng": rng, "history": history,
-                "config": config.to_dict(), "classes": classes,
+                "step_history": step_history, "config": config.to_dict(), "classes": classes,
             })
             _emit(callbacks, info, ProgressEvent("checkpoint", global_step, total_steps, epoch_index, config.epochs,
                                                  elapsed_s=time.perf_counter() - started,
@@ -351,6 +281,7 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
         epoch_images = 0
         epoch_start = time.perf_counter()
         stopped = False
+        last_in_epoch = min(total_steps, global_step + (sampler.full_length - position) // loader_batch)
         for images, targets in loader:
             optimizer.zero_grad(set_to_none=True)
             for j, (x, y) in enumerate(split_micro_batches(images, targets, config.accum_steps)):
@@ -365,12 +296,17 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
                 with sync:
                     with autocast():
                         logits = net(x)
-                        loss = criterion(logits, soft if soft is not None else y)
+                        if teacher_outputs is not None:
+                            taught = teacher_outputs(x)
+                            loss = distillation_loss(logits, taught, config.temperature)
+                            y = taught.argmax(-1)  # "accuracy" of a distillation step: agreement
+                        else:
+                            loss = criterion(logits, soft if soft is not None else y)
                     scaled = loss / config.accum_steps
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 with torch.no_grad():
                     interval[0] += loss.detach().double() * y.numel()
-                    if soft is None:
+                    if soft is None or teacher_outputs is not None:
                         interval[1] += (logits.detach().argmax(-1) == y).sum()
                     interval[2] += y.numel()
             if config.clip_grad is not None:
@@ -393,21 +329,24 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
             lr_now = optimizer.param_groups[0]["lr"]
 
             finished = global_step >= total_steps
-            if global_step % config.log_every == 0 or finished:
+            if global_step % config.log_every == 0 or finished or global_step == last_in_epoch:
                 all_reduce_sum(interval, info)
                 loss_sum, correct, count = interval.tolist()
                 interval.zero_()
                 step_loss = loss_sum / max(count, 1)
-                step_acc = None if mixup is not None else 100.0 * correct / max(count, 1)
+                step_acc = None if (mixup is not None and teacher_outputs is None) else 100.0 * correct / max(count, 1)
                 if not math.isfinite(step_loss):
                     raise TrainingDivergedError(f"the training loss is {step_loss} at step {global_step}: lower the "
-                                             f"learning rate ({lr}) or use amp 'none'")
+                                                f"learning rate ({lr}) or use amp 'none'")
                 epoch_loss.update(step_loss, int(count))
                 if step_acc is not None:
                     epoch_acc.update(step_acc, int(count))
                 now = time.perf_counter()
                 rate = epoch_images / max(now - epoch_start, 1e-9)
                 pace = (now - loop_start) / steps_run
+                step_history.append({"step": global_step, "epoch": epoch + 1, "train_loss": _r(step_loss),
+                                     "train_top1": _r(step_acc), "lr": lr_now, "images_per_s": _r(rate),
+                                     "elapsed_s": _r(now - started)})
                 _emit(callbacks, info, ProgressEvent(
                     "step", global_step, total_steps, epoch, config.epochs, loss=step_loss, accuracy=step_acc,
                     lr=lr_now, images_per_s=rate, eta_s=pace * (total_steps - global_step), elapsed_s=now - started))
@@ -426,11 +365,13 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
                 result = eval_now()
                 if result is not None:
                     last_eval = (global_step, result)
-                    metrics = result.metrics(per_class=False)
+                    metrics = metrics_of(result, per_class=False)
+                    attach_eval(step_history, global_step, metrics)
             row = {"epoch": epoch + 1, "step": global_step,
                    "train_loss": _r(epoch_loss.avg if epoch_loss.count else None),
                    "train_top1": _r(epoch_acc.avg if epoch_acc.count else None),
                    "val_top1": metrics.get("top1"), "val_top5": metrics.get("top5"), "val_loss": metrics.get("loss"),
+                   "val_agreement": metrics.get("agreement_top1"), "val_kl": metrics.get("kl"),
                    "lr": lr_now, "images_per_s": _r(epoch_images / max(time.perf_counter() - epoch_start, 1e-9)),
                    "elapsed_s": _r(time.perf_counter() - started)}
             history.append(row)
@@ -457,102 +398,38 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     # ---------------------------------------------------------------- final evaluation and files
     final_model = ema.module if ema is not None else model
     evaluation = last_eval[1] if last_eval is not None and last_eval[0] == global_step else eval_now()
-    metrics = evaluation.metrics() if evaluation is not None else {}
+    if evaluation is not None and (last_eval is None or last_eval[0] != global_step):
+        attach_eval(step_history, global_step, metrics_of(evaluation, per_class=False))
+    average_batchnorm_stats(final_model, info)
+    metrics = metrics_of(evaluation) if evaluation is not None else {}
     wall = time.perf_counter() - started
     rate = images_run / train_time if train_time > 0 else 0.0
     epochs_done = round(global_step / per_epoch, 4)
-    model_info: dict[str, Any] = {}
+    info_json: dict[str, Any] = {}
     if not custom_model:
-        model_info = _model_info(final_model, config, mode, classes, data_config, metrics, source, info, status,
-                                 global_step, total_steps, epochs_done, wall, rate, sync_bn)
+        info_json = model_info(final_model, config, mode, classes, data_config, metrics, source, info, status,
+                               global_step, total_steps, epochs_done, wall, rate, sync_bn, augmentation, teacher_info)
+        info_json["tokens"] = tokens
     if info.is_main and out is not None:
-        _write_outputs(out, final_model, model_info, history)
+        write_outputs(out, final_model, info_json, step_history)
     barrier(info)
+    if teacher_outputs is not None:
+        teacher_outputs.close()
     final_model.eval()
     message = f"{status}: {global_step}/{total_steps} steps ({epochs_done:g} epochs) in {wall:.1f} s, {rate:.1f} img/s"
     if metrics.get("top1") is not None:
         message += f"; held-out top-1 {metrics['top1']:.2f}%"
+    if metrics.get("agreement_top1") is not None:
+        message += f"; held-out agreement with the teacher {metrics['agreement_top1']:.2f}% (KL {metrics['kl']:.4f})"
     if out is not None and info.is_main:
         message += f"; wrote {out / MODEL_FILE} and {out / METADATA_FILE}"
     _emit(callbacks, info, ProgressEvent("end", global_step, total_steps, max(epoch - 1, 0), config.epochs,
                                          lr=lr_now, images_per_s=rate, elapsed_s=wall, metrics=metrics,
                                          message=message))
     return TrainResult(final_model, classes, status, global_step, total_steps, epochs_done, metrics, history, wall,
-                       rate, data_config, out, notes, evaluation, model_info)
+                       rate, data_config, out, notes, evaluation if isinstance(evaluation, EvalResult) else None,
+                       info_json, step_history, evaluation if isinstance(evaluation, AgreementResult) else None)
 
 
 def _r(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
-
-
-def _describe(model: nn.Module, config: TrainConfig, mode: str) -> str:
-    name = config.profile or (model.backbone.name if hasattr(model, "backbone") and hasattr(model.backbone, "name")
-                              else type(model).__name__)
-    count = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return f"{name} (+MSCSA, {mode}; {trainable / 1e6:.2f} M of {count / 1e6:.2f} M parameters train)"
-
-
-def _model_info(model: nn.Module, config: TrainConfig, mode: str, classes: list[str], data_config: dict[str, Any],
-                metrics: dict[str, Any], source, info: DistInfo, status: str, steps: int, total_steps: int,
-                epochs_done: float, wall: float, rate: float, sync_bn: bool) -> dict[str, Any]:
-    """Everything ``load_trained`` needs to rebuild the model, and how it was made."""
-    from mscsa_lab.io.metadata import run_metadata
-
-    backbone_kwargs = dict(config.backbone_kwargs)
-    if config.backbone_drop_path:
-        backbone_kwargs["drop_path_rate"] = config.backbone_drop_path
-    _, height, width = data_config["input_size"]
-    command = config.command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    return {
-        "format": FORMAT,
-        "weights": MODEL_FILE,
-        "weights_kind": "ema" if config.ema else "model",
-        "profile": config.profile,
-        "backbone": model.backbone.name,
-        "backbone_kwargs": backbone_kwargs,
-        "mscsa": model.config.to_dict(),
-        "task": model.task,
-        "num_classes": model.num_classes,
-        "classes": list(classes),
-        "input_size": [int(height), int(width)],
-        "preprocessing": {"mean": list(data_config["mean"]), "std": list(data_config["std"]),
-                          "interpolation": data_config["interpolation"], "crop_pct": data_config["crop_pct"],
-                          "crop_mode": data_config.get("crop_mode", "center")},
-        "metrics": metrics,
-        "training": {
-            "mode": mode, "status": status, "steps": steps, "total_steps": total_steps, "epochs": config.epochs,
-            "epochs_done": epochs_done, "max_steps": config.max_steps, "batch_size": config.batch_size,
-            "accum_steps": config.accum_steps, "world_size": info.world_size,
-            "global_batch": config.batch_size * config.accum_steps * info.world_size, "lr": config.resolved_lr,
-            "opt": config.opt, "weight_decay": config.weight_decay, "sched": config.sched,
-            "warmup_steps": config.warmup_steps, "smoothing": config.smoothing, "mixup": config.mixup,
-            "cutmix": config.cutmix, "ema": config.ema, "amp": config.amp, "sync_bn": bool(sync_bn),
-            "seed": config.seed, "val_fraction": config.val_fraction, "pretrained": config.pretrained,
-            "pretrained_file": config.pretrained_file, "data": source.to_dict(), "wall_s": round(wall, 2),
-            "images_per_s": round(rate, 2), "config": config.to_dict(),
-        },
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "metadata": run_metadata(device_type=info.device.type),
-        "command": command,
-    }
-
-
-def _write_outputs(out: Path, model: nn.Module, model_info: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    import json
-
-    from mscsa_lab.io.checkpoints import save_checkpoint
-
-    out.mkdir(parents=True, exist_ok=True)
-    temporary = out / f".{MODEL_FILE}.tmp"
-    save_checkpoint(model, temporary, metadata={"format": FORMAT, "backbone": model_info["backbone"]})
-    readable_by_umask(temporary)
-    temporary.replace(out / MODEL_FILE)
-    (out / METADATA_FILE).write_text(json.dumps(model_info, indent=2) + "\n")
-    with open(out / HISTORY_FILE, "w", newline="") as handle:
-        columns = ["epoch", "step", "train_loss", "train_top1", "val_top1", "val_top5", "val_loss", "lr",
-                   "images_per_s", "elapsed_s"]
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k) for k in columns})

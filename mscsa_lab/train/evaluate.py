@@ -177,6 +177,10 @@ def evaluate_trained(model_dir: str | Path, data: str, out_dir: str | Path | Non
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise TrainingInputError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     model, meta = load_trained(model_dir)
+    if meta.get("mode") == "distill":
+        raise TrainingInputError(f"{str(model_dir)!r} was distilled from a teacher, without labels: its measure is "
+                                 f"agreement with the teacher (model.json 'metrics'); to measure it on other images "
+                                 f"use mscsa_lab.train.distill.evaluate_distilled")
     training = meta.get("training", {})
     classes = list(meta["classes"])
     height, width = meta["input_size"]

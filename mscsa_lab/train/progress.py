@@ -30,7 +30,7 @@ class ProgressEvent:
     epoch: int  # the current epoch, 0-based (for "epoch": the one just finished)
     epochs: int
     loss: float | None = None  # training loss: mean over the last log interval ("step") or the epoch
-    accuracy: float | None = None  # training top-1 (%) over the same span (None with mixup)
+    accuracy: float | None = None  # training top-1 (%) over the same span (None with mixup); distill: agreement
     lr: float | None = None
     images_per_s: float | None = None  # training throughput over the current epoch so far
     eta_s: float | None = None  # seconds to the end of the run at the current pace
@@ -65,9 +65,10 @@ def _epoch_line(event: ProgressEvent) -> str:
         parts.append(f"train loss {event.loss:.4f}")
     if event.accuracy is not None:
         parts.append(f"train acc {event.accuracy:.1f}%")
-    for key in ("top1", "top5", "loss"):
+    labels = {"top1": "val top-1", "top5": "val top-5", "agreement_top1": "agreement with the teacher",
+              "loss": "val loss"}
+    for key, label in labels.items():
         if key in event.metrics and event.metrics[key] is not None:
-            label = {"top1": "val top-1", "top5": "val top-5", "loss": "val loss"}[key]
             value = event.metrics[key]
             parts.append(f"{label} {value:.2f}%" if key != "loss" else f"{label} {value:.4f}")
     if event.images_per_s:
