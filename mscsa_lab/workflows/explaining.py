@@ -115,12 +115,13 @@ def saliency_action(image: Any, loaded: LoadedModel, *, method: str = "gradxact"
     attention_view = METHOD_CLASSES[method].attention_view
     kinds = ["key"] if attention_view else [k for k in KIND_ORDER if k in (kinds or ["key"])] or ["key"]
     names = class_names_for(loaded.model, loaded.meta)
-    capture = capture_layer(loaded.model, prepared.tensor, int(block), int(layer), target_request(target), names,
+    wanted = target_request(target)
+    capture = capture_layer(loaded.model, prepared.tensor, int(block), int(layer), wanted, names,
                             METHOD_CLASSES[method].needs_gradients, prepared.content_box)
     grid_size = capture.scale_sizes[0]
     cell = input_to_cell(query[0], query[1], size, grid_size) if query is not None else None
-    keyed = attribute_all(loaded.model, prepared.tensor, [method], kinds, int(block), int(layer), target_request(target),
-                          names, prepared.content_box, cell, capture=capture)
+    keyed = attribute_all(loaded.model, prepared.tensor, [method], kinds, int(block), int(layer), wanted, names,
+                          prepared.content_box, cell, capture=capture)
     results = list(keyed.values())
     first = results[0]
     prediction = _prediction(capture.probabilities, names, loaded.weights) if capture.probabilities is not None else ""
@@ -128,8 +129,9 @@ def saliency_action(image: Any, loaded: LoadedModel, *, method: str = "gradxact"
     figures = {"grid": saliency_grid(small, drawn, cmap, class_names=names, marker=marker),
                "mass": attention_mass_chart(first if first.mass_shares is not None else
                                             _with_mass(first, capture.mass_shares()))}
-    if drawn[0].head_maps is not None:
-        figures["heads"] = head_grid(small, drawn[0], cmap)
+    if first.head_maps is not None:
+        thumbnail, with_heads, _ = views.on_picture(prepared, picture, results[:1], views.HEAD_SIDE, heads=True)
+        figures["heads"] = head_grid(thumbnail, with_heads[0], cmap)
     data: dict[str, Any] = {"results": results, "prediction": prediction, "display": prepared.display,
                             "class_names": names, "query_cell": cell, "grid_size": tuple(grid_size),
                             "target": None if capture.target is None else

@@ -20,11 +20,12 @@ from PIL import Image, ImageDraw
 from mscsa_lab.explain.geometry import cell_centre_on_shown, map_on_original
 from mscsa_lab.explain.methods import SaliencyResult
 
-__all__ = ["VIEW_SIDE", "PANEL_SIDE", "view_size", "input_view", "mark_cell", "mark_miss", "on_picture",
+__all__ = ["VIEW_SIDE", "PANEL_SIDE", "HEAD_SIDE", "view_size", "input_view", "mark_cell", "mark_miss", "on_picture",
            "KIND_PREFIX", "faithfulness_markdown", "chart_report"]
 
 VIEW_SIDE = 768  # the input view's longer side: larger than the page's box, which shows it shrunk to fit
 PANEL_SIDE = 384  # the longer side of each map panel of the grid figure
+HEAD_SIDE = 160  # ... and of the per-head figure (heads x scales panels: kept small, it is drawn often)
 PAD_STRIPES = ((124, 116, 104), (92, 86, 78))  # ImageNet's mean colour (what the model sees) and a darker one
 KIND_PREFIX = {"key": "K", "value": "V", "attention": "attention"}
 
@@ -86,21 +87,24 @@ def mark_miss(view: np.ndarray, point: tuple[float, float]) -> np.ndarray:
 
 
 def on_picture(prepared, picture: Image.Image, results: Sequence[SaliencyResult], side: int = PANEL_SIDE,
-               cell: tuple[int, int] | None = None) -> tuple[np.ndarray, list[SaliencyResult], tuple | None]:
-    """(the original picture at ``side`` pixels on its longer side, the results with their maps and
-    per-head maps redrawn over it, where the query cell's centre falls on it). The padding is left
-    out; parts cropped away (``fit="crop"``) stay uncoloured."""
+               cell: tuple[int, int] | None = None,
+               heads: bool = False) -> tuple[np.ndarray, list[SaliencyResult], tuple | None]:
+    """(the original picture at ``side`` pixels on its longer side, the results with their maps (and,
+    with ``heads``, their per-head maps; else none) redrawn over it, where the query cell's centre
+    falls on it). The padding is left out; parts cropped away (``fit="crop"``) stay uncoloured."""
     width, height = prepared.original_size
     factor = side / max(width, height)
     new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
     sx, sy, ox, oy = prepared.placement
     # The same placement seen from the resized picture: its pixel (x, y) is the original's (x w/W, y h/H).
-    resized = replace(prepared, original_size=(new_w, new_h), placement=(sx * width / new_w, sy * height / new_h, ox, oy))
+    resized = replace(prepared, original_size=(new_w, new_h),
+                      placement=(sx * width / new_w, sy * height / new_h, ox, oy))
     redraw = lambda values: map_on_original(resized, values, max_side=None)  # noqa: E731
     drawn = []
     for result in results:
-        heads = None if result.head_maps is None else [np.stack([redraw(h) for h in scale]) for scale in result.head_maps]
-        drawn.append(replace(result, maps=[redraw(m) for m in result.maps], head_maps=heads))
+        per_head = (None if result.head_maps is None or not heads else
+                    [np.stack([redraw(head) for head in scale]) for scale in result.head_maps])
+        drawn.append(replace(result, maps=[redraw(m) for m in result.maps], head_maps=per_head))
     small = np.asarray(picture.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0), dtype=np.uint8)
     marker = None
     if cell is not None:

@@ -149,7 +149,8 @@ def render(context: AppContext, shared: Shared) -> None:
             with gr.Row():
                 block = gr.Number(0, label="Block", precision=0)
                 layer = gr.Radio([1, 2], value=1, label="CSA layer")
-            target = gr.Textbox("top-1", label="Target class (name, e.g. star or goldfish, or index; top-1 = predicted)")
+            target = gr.Textbox("top-1", label="Target class (a name, e.g. star or goldfish, or an index; "
+                                               "top-1 = the predicted class)")
             fit = gr.Radio(["pad", "crop"], value="pad", label="Resize: keep aspect (pad) or center-crop")
             faithful = gr.Checkbox(True, label="Faithfulness: deletion/insertion scores beside random and centre maps "
                                                "(a few seconds more)", elem_id="saliency-faithful")
