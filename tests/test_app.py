@@ -131,13 +131,15 @@ def test_benchmark_tab_on_the_cpu(client):
 
 
 def test_saliency_tab_with_the_demo_model(client):
-    status, grid, prediction, mass, heads, maps = client.predict(
+    status, grid, prediction, mass, heads, maps, faith_chart, faith_text, view = client.predict(
         handle_file(str(SAMPLE)), "gradcam", ["key", "value"], 0, 1, "top-1", "pad", "demo", None, api_name="/saliency")
     assert status.startswith("Rendered gradcam maps for demo in ")
     assert Path(grid).stat().st_size > 10_000 and "Prediction: star" in prediction
     assert Path(maps).suffix == ".npz"
-    status, grid, prediction, mass, heads, maps = client.predict(
-        handle_file(str(SAMPLE)), "attention", ["key"], 0, 2, "top-1", "crop", "demo", None, api_name="/saliency")
+    assert "deletion" in faith_text and "random map (baseline)" in faith_text and faith_chart is not None
+    status, grid, prediction, mass, heads, maps, *_ = client.predict(
+        handle_file(str(SAMPLE)), "attention", ["key"], 0, 2, "top-1", "crop", "demo", None, False,
+        api_name="/saliency")
     assert heads is not None and mass is not None
 
 

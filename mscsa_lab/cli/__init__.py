@@ -6,9 +6,9 @@ column with ``--wide``), notes and warnings on stderr; ``-o FILE`` writes the ta
 LaTeX or JSON by suffix, metadata in the file or its sidecar), ``--plot FILE`` the figure. Nothing heavy
 is imported before a command runs, so ``--help`` and wrong arguments answer at once.
 
-Exit status: 0 done, 1 a budget that nothing fits or a failed training run, 2 a mistake the message
-explains (wrong argument, unknown name, impossible configuration, bad file, a request too large), 3 an
-internal error (a bug: the trace is printed and a reference given).
+Exit status: 0 done, 1 a budget that nothing fits, a failed training run or an image that explain
+could not read (the others are done), 2 a mistake the message explains (wrong argument, unknown name,
+impossible configuration, bad file, a request too large), 3 an internal error (a bug: the trace is printed and a reference given).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from mscsa_lab.cli import inspecting, timing, training
+from mscsa_lab.cli import explaining, inspecting, timing, training
 from mscsa_lab.cli.common import LIMIT_FLAGS
 
 __all__ = ["main", "build_parser"]
@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   mscsa-lab compare --all -o table6.md
   mscsa-lab benchmark pvt_v2_b0 -b 16
   mscsa-lab train --data synthetic --backbone resnet10t --img-size 96 --epochs 2 --out runs/shapes
+  mscsa-lab explain assets/samples --model demo -o maps/
 """
 
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--no-limits", action="store_true",
                         help="run whatever is asked, even beyond the memory this machine has free")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (inspecting, timing, training):
+    for module in (inspecting, timing, training, explaining):
         module.register(commands)
     return parser
 

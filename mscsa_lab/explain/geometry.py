@@ -216,8 +216,10 @@ def map_on_original(prepared, values: np.ndarray, max_side: int | None = 1024) -
     source = torch.from_numpy(np.asarray(values, dtype=np.float32))[None, None]
     finite = torch.isfinite(source)
     filled = torch.where(finite, source, torch.zeros_like(source))
-    drawn = F.grid_sample(filled, sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
-    weight = F.grid_sample(finite.float(), sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # "border": beyond the input's outer edge the edge pixel continues (zeros would leave the picture's
+    # corners NaN when it is drawn larger than the input)
+    drawn = F.grid_sample(filled, sampling, mode="bilinear", padding_mode="border", align_corners=False)
+    weight = F.grid_sample(finite.float(), sampling, mode="bilinear", padding_mode="border", align_corners=False)
     result = torch.where(weight > 0.5, drawn / weight.clamp(min=1e-6), torch.full_like(drawn, float("nan")))
     x0, y0, x1, y1 = prepared.content_box
     in_x = (xs * sx + ox)[None, :]

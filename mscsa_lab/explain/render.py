@@ -63,8 +63,11 @@ def _row_label(result: SaliencyResult, class_names: Sequence[str] | None) -> str
 
 
 def saliency_grid(image: np.ndarray, results: Sequence[SaliencyResult], cmap: str = "inferno",
-                  alpha: float = 0.55, class_names: Sequence[str] | None = None) -> Figure:
-    """image | scale 0 | scale 1 | scale 2 — one row per result (e.g. K and V)."""
+                  alpha: float = 0.55, class_names: Sequence[str] | None = None,
+                  marker: tuple[float, float] | None = None) -> Figure:
+    """image | scale 0 | scale 1 | scale 2 — one row per result (e.g. K and V). ``marker``: the query
+    point (x, y) in ``image``'s pixels, marked on every map (default: the query cell's centre on X0
+    when ``image`` is the model's input)."""
     _check_cmap(cmap)
     columns = 1 + max(len(r.maps) for r in results)
     figure, axes = new_figure(len(results), columns, figsize=(3.0 * columns + 0.8, 3.3 * len(results)), squeeze=False)
@@ -80,7 +83,9 @@ def saliency_grid(image: np.ndarray, results: Sequence[SaliencyResult], cmap: st
             axis.imshow(overlay(image, result.maps[column - 1], cmap, alpha))
             names = result.scale_names or [f"X{i}" for i in range(len(result.maps))]
             axis.set_title(f"scale {names[column - 1]}", fontsize=9)
-            if result.query is not None and column == 1:
+            if marker is not None:
+                axis.plot(*marker, marker="x", color="cyan", markersize=10, mew=2)
+            elif result.query is not None and column == 1:
                 height, width = image.shape[:2]
                 grid_h, grid_w = result.grid_maps[0].shape
                 axis.plot((result.query[1] + 0.5) * width / grid_w, (result.query[0] + 0.5) * height / grid_h,

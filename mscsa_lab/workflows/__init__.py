@@ -9,7 +9,7 @@ notes, warnings) that the CLI prints and the app shows. Neither surface chains l
 - ``store``: built models kept between the app's requests (each request gets its own copy);
 - ``result``: ``ActionResult`` and its files;
 - ``build``, ``profiling`` (profile, latency), ``timing`` (benchmark), ``comparing`` (compare, budget,
-  profiles, export), ``sources`` + ``explaining`` (saliency), ``training`` (train, evaluate, ablate).
+  profiles, export), ``sources`` + ``explaining`` (saliency, explain), ``training`` (train, evaluate, ablate).
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ _EXPORTS = {
     "build_action": "build", "profile_action": "profiling", "latency_action": "profiling",
     "benchmark_action": "timing", "compare_action": "comparing", "budget_action": "comparing",
     "profiles_action": "comparing", "export_table_action": "comparing",
-    "saliency_action": "explaining", "demo_model": "sources", "trained_model": "sources", "spec_model": "sources",
+    "saliency_action": "explaining", "explain_action": "explaining", "explain_model": "explaining",
+    "demo_model": "sources", "trained_model": "sources", "spec_model": "sources",
     "train_action": "training", "evaluate_action": "training", "ablate_action": "training",
 }
 

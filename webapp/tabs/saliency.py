@@ -1,6 +1,8 @@
 """Saliency tab: per-scale maps of a CSA layer's keys and values for an uploaded image, for the demo model,
-a trained run or the Build tab's model (with a checkpoint); a click on the preview shows that point's
-attention over each scale."""
+a trained run or the Build tab's model (with a checkpoint), with deletion/insertion faithfulness beside
+random and centre baselines. The preview is the model's input drawn large; a click anywhere on it shows
+that point's attention over each scale (a marker on the clicked cell), and a click on the padding says so
+in the status line."""
 from __future__ import annotations
 
 import time
@@ -8,20 +10,22 @@ from typing import Any
 
 import gradio as gr
 
-from mscsa_lab.explain.saliency import METHODS
+from mscsa_lab.explain.methods import METHODS
 from mscsa_lab.io.export import export_stem
 from mscsa_lab.models.config import ConfigError
 from mscsa_lab.paths import ASSETS_DIR
-from mscsa_lab.workflows.explaining import saliency_action
+from mscsa_lab.workflows.explaining import preview_view, saliency_action
 from mscsa_lab.workflows.sources import LoadedModel, demo_model, spec_model, trained_model
 from webapp.actions import failure_status, tab_action, wire
 from webapp.context import AppContext
 from webapp.runs import run_folder, trained_runs
 from webapp.tabs import Shared
 
-__all__ = ["render", "model_sources", "load_source", "run_saliency", "preview", "sample_images"]
+__all__ = ["render", "model_sources", "load_source", "run_saliency", "click_saliency", "preview",
+           "sample_images", "PREVIEW_BOX"]
 
 SAMPLES = ASSETS_DIR / "samples"
+PREVIEW_BOX = 512  # pixels: the preview's box, square like most model inputs, which the input view fills
 
 
 def sample_images() -> list[str]:
@@ -50,47 +54,78 @@ def load_source(context: AppContext, source: str, spec: Any, checkpoint: str | N
 
 
 def run_saliency(context: AppContext, image: Any, method: str, kinds: list[str], block: Any, layer: Any, target: Any,
-                 fit: str, source: str, checkpoint: str | None, spec: Any, query: tuple[int, int] | None = None
-                 ) -> tuple:
-    """(status, grid PNG, prediction, attention-mass chart, per-head PNG, raw maps .npz)."""
-    from mscsa_lab.explain.render import save_maps
-    from mscsa_lab.workflows.result import save_figure
+                 fit: str, source: str, checkpoint: str | None, spec: Any, query: tuple[float, float] | None = None,
+                 faithfulness: bool = True, click: tuple[float, float] | None = None) -> tuple:
+    """(status, grid PNG, prediction, attention-mass chart, per-head PNG, raw maps .npz, faithfulness chart,
+    faithfulness text, input view). ``query``: a pixel of the model's input; ``click``: a point on the input
+    view; a click outside the picture changes only the status line (its message) and the view (a cross)."""
+    from mscsa_lab.io.figures import save_figure
 
     started = time.perf_counter()
     loaded = load_source(context, source or "demo", spec, checkpoint)
     result = saliency_action(image, loaded, method=method, kinds=kinds, block=int(block or 0), layer=int(layer or 1),
-                             target=target, query=query, fit=fit)
+                             target=target, query=query, click=click, fit=fit, faithfulness=bool(faithfulness))
+    if not result.data["results"]:  # the click missed the picture
+        return (f"**Nothing rendered:** {result.warnings[0]}.", *([gr.skip()] * 7), result.data["view"])
+    first = result.data["results"][0]
     folder = context.output_dir("saliency")
-    stem = export_stem(f"saliency-{result.data['results'][0].method}", loaded.name, None, loaded.input_size)
+    stem = export_stem(f"saliency-{first.method}", loaded.name, None, loaded.input_size)
     grid = save_figure(result.figures["grid"], folder / f"{stem}_grid.png")
     heads = save_figure(result.figures["heads"], folder / f"{stem}_heads.png") if "heads" in result.figures else None
-    npz = save_maps(result.data["results"][0], folder / f"{stem}_maps.npz")
+    npz = _save_maps(result.data["results"], folder / f"{stem}_maps.npz")
     seconds = time.perf_counter() - started
-    what = "attention of the clicked point" if query is not None else f"{result.data['results'][0].method} maps"
+    cell = result.data["query_cell"]
+    if cell is not None:
+        rows, cols = result.data["grid_size"]
+        what = f"the attention of the clicked point (cell {cell[0]}, {cell[1]} of {rows}x{cols})"
+    else:
+        what = f"{first.method} maps"
     status = f"Rendered {what} for {loaded.name} in {seconds:.1f} s."
-    return (status, str(grid), result.summary, result.figures.get("mass"), str(heads) if heads else None, str(npz))
+    return (status, str(grid), result.summary, result.figures.get("mass"), str(heads) if heads else None, str(npz),
+            result.figures.get("faithfulness"), result.data.get("faithfulness_text", ""), result.data["view"])
+
+
+def click_saliency(context: AppContext, image: Any, block: Any, layer: Any, fit: str, source: str,
+                   checkpoint: str | None, spec: Any, point: Any) -> tuple:
+    """A click at ``point`` (x, y) on the input view: that point's attention, or the message of a miss."""
+    if image is None or (isinstance(image, str) and not image):
+        raise ConfigError("upload an image or pick a sample first, then click on the preview")
+    if point is None or len(point) != 2:
+        raise ConfigError("the click carried no position: click on the picture in the preview")
+    return run_saliency(context, image, "query", ["key"], block, layer, None, fit, source, checkpoint, spec,
+                        faithfulness=False, click=(float(point[0]), float(point[1])))
+
+
+def _save_maps(results: list, path):
+    """Every result's arrays in one ``.npz``, keyed ``KIND_NAME`` (e.g. ``key_scale0_map``)."""
+    import numpy as np
+
+    arrays = {f"{r.kind}_{name}": value for r in results for name, value in r.as_arrays().items()}
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def _input_size(context: AppContext, source: str, spec: Any) -> tuple[int, int]:
+    from mscsa_lab.io.checkpoints import demo_metadata
+    from webapp.runs import run_summary
+
+    if source == "demo":
+        return tuple(demo_metadata()["input_size"])
+    if source == "build":
+        return tuple(spec.input_size) if spec is not None else (224, 224)
+    return tuple(run_summary(run_folder(context.runs_dir, source)).get("input_size", (224, 224)))
 
 
 def preview(context: AppContext, image: Any, fit: str, source: str, spec: Any):
-    """The uploaded image as the model will see it (resized to its input), or None before an upload."""
-    from mscsa_lab.io.checkpoints import demo_metadata
-    from mscsa_lab.io.images import prepare_image
-    from webapp.runs import run_summary
-
-    if image is None or (isinstance(image, str) and not image):
-        return None
-    if source == "demo":
-        size = demo_metadata()["input_size"]
-    elif source == "build":
-        size = spec.input_size if spec is not None else (224, 224)
-    else:
-        size = run_summary(run_folder(context.runs_dir, source)).get("input_size", (224, 224))
-    return prepare_image(image, tuple(size), fit=fit).display  # the picture only: no normalisation involved
+    """The model's input drawn large (the clickable preview), or None before an upload."""
+    return preview_view(image, _input_size(context, source, spec), fit=fit)
 
 
 def render(context: AppContext, shared: Shared) -> None:
-    gr.Markdown("One map per scale (X0 full, X1 2x down, X2 3x down) of a CSA layer's keys or values. "
-                "Click a point on the input to see its attention over each scale.")
+    gr.Markdown("One map per scale (X0 full, X1 2x down, X2 3x down) of a CSA layer's keys or values, drawn over "
+                "the picture (padding left out), with deletion/insertion scores that say whether the maps beat a "
+                "random and a centre map. Click anywhere on the picture in the preview to see that point's "
+                "attention over each scale.")
     with gr.Row():
         with gr.Column(scale=1):
             # A file input, not gr.Image: every upload goes through mscsa_lab.io.images, whose errors say
@@ -100,8 +135,9 @@ def render(context: AppContext, shared: Shared) -> None:
             samples = sample_images()
             if samples:
                 gr.Examples(samples, inputs=[image], label="Samples")
-            shown = gr.Image(label="As the model sees it: click a point for its attention", interactive=False,
-                             elem_id="saliency-preview", height=288)
+            shown = gr.Image(label="The model's input (stripes: padding): click a point for its attention",
+                             interactive=False, elem_id="saliency-preview", height=PREVIEW_BOX, width=PREVIEW_BOX,
+                             format="png")
         with gr.Column(scale=1):
             source = gr.Dropdown(model_sources(context), value="demo", label="Model (trained runs appear here)",
                                  elem_id="saliency-source")
@@ -114,8 +150,11 @@ def render(context: AppContext, shared: Shared) -> None:
             with gr.Row():
                 block = gr.Number(0, label="Block", precision=0)
                 layer = gr.Radio([1, 2], value=1, label="CSA layer")
-            target = gr.Textbox("top-1", label="Target class (name or index; top-1 = predicted)")
+            target = gr.Textbox("top-1", label="Target class (a name, e.g. star or goldfish, or an index; "
+                                               "top-1 = the predicted class)")
             fit = gr.Radio(["pad", "crop"], value="pad", label="Resize: keep aspect (pad) or center-crop")
+            faithful = gr.Checkbox(True, label="Faithfulness: deletion/insertion scores beside random and centre maps "
+                                               "(a few seconds more)", elem_id="saliency-faithful")
             button = gr.Button("Render maps", variant="primary", elem_id="saliency-button")
     status = gr.Markdown(elem_id="saliency-status")
     prediction = gr.Markdown(elem_id="saliency-prediction")
@@ -123,16 +162,22 @@ def render(context: AppContext, shared: Shared) -> None:
     with gr.Row():
         mass = gr.Plot(label="Attention mass per scale and head", elem_id="saliency-mass")
         heads = gr.Image(label="Per-head maps", interactive=False, elem_id="saliency-heads")
+    with gr.Row():
+        faith_chart = gr.Plot(label="Deletion and insertion (dashed: random and centre maps)",
+                              elem_id="saliency-faithfulness-chart")
+        faith_text = gr.Markdown(elem_id="saliency-faithfulness")
     maps_file = gr.File(label="Raw maps (.npz)", elem_id="saliency-npz")
     shared.saliency_source = source
-    results = [grid, prediction, mass, heads, maps_file]
+    results = [grid, prediction, mass, heads, maps_file, faith_chart, faith_text]
 
-    def on_saliency(image, method, kinds, block, layer, target, fit, source, checkpoint, spec) -> tuple:
-        return run_saliency(context, image, method, kinds, block, layer, target, fit, source, checkpoint, spec)
+    def on_saliency(image, method, kinds, block, layer, target, fit, source, checkpoint, spec,
+                    faithfulness=True) -> tuple:
+        return run_saliency(context, image, method, kinds, block, layer, target, fit, source, checkpoint, spec,
+                            faithfulness=faithfulness)
 
     wire(context, "Saliency", button.click, on_saliency,
-         [image, method, kinds, block, layer, target, fit, source, checkpoint, shared.model], status, results,
-         "rendering maps", api_name="saliency")
+         [image, method, kinds, block, layer, target, fit, source, checkpoint, shared.model, faithful], status,
+         results, "rendering maps", api_name="saliency", extra_outputs=[shown])
 
     def on_preview(image, fit, source, spec):
         return preview(context, image, fit, source, spec)
@@ -141,23 +186,19 @@ def render(context: AppContext, shared: Shared) -> None:
         event = trigger(tab_action(context, "Saliency", on_preview), [image, fit, source, shared.model], [shown])
         event.failure(failure_status(context, "Saliency"), None, [status], queue=False)
 
-    def on_click(image, block, layer, fit, source, checkpoint, spec, event: gr.SelectData) -> tuple:
-        return run_saliency(context, image, "query", ["attention"], block, layer, None, fit, source, checkpoint, spec,
-                            query=tuple(event.index))
-
-    click = shown.select(_click_handler(context, on_click), [image, block, layer, fit, source, checkpoint,
-                                                             shared.model], [status, *results])
+    click = shown.select(_click_handler(context), [image, block, layer, fit, source, checkpoint, shared.model],
+                         [status, *results, shown])
     click.failure(failure_status(context, "Saliency"), None, [status], queue=False)
 
 
-def _click_handler(context: AppContext, on_click):
+def _click_handler(context: AppContext):
     """A select handler: Gradio passes the click (``gr.SelectData``) by annotation, and the request."""
     from webapp.actions import failure_text
 
     def handler(image, block, layer, fit, source, checkpoint, spec, event: gr.SelectData,
                 request: gr.Request):
         try:
-            return on_click(image, block, layer, fit, source, checkpoint, spec, event)
+            return click_saliency(context, image, block, layer, fit, source, checkpoint, spec, event.index)
         except Exception as error:  # noqa: BLE001 - shown in the status line
             message = failure_text(error, "the Saliency tab")
             context.remember(request.session_hash or "", "Saliency", message)
