@@ -197,7 +197,7 @@ def explain_model(model: str | None = None, run: str | Path | None = None, check
         if not (folder / "model.json").is_file():
             raise SourceError(f"{str(folder)!r} is not a trained run: it has no model.json (give the folder "
                               "'mscsa-lab train --out' wrote)")
-        return trained_model(folder)
+        return trained_model(folder, limits=limits)
     if model == "demo":
         return demo_model()
     spec = ModelSpec.resolve(model, input_size=tuple(input_size) if input_size else (224, 224))

@@ -153,8 +153,8 @@ def render(context: AppContext, shared: Shared) -> None:
             target = gr.Textbox("top-1", label="Target class (a name, e.g. star or goldfish, or an index; "
                                                "top-1 = the predicted class)")
             fit = gr.Radio(["pad", "crop"], value="pad", label="Resize: keep aspect (pad) or center-crop")
-            faithful = gr.Checkbox(True, label="Faithfulness: deletion/insertion scores beside random and centre maps "
-                                               "(a few seconds more)", elem_id="saliency-faithful")
+            faithful = gr.Checkbox(False, label="Faithfulness: deletion/insertion scores beside random and centre maps "
+                                               "(several times slower)", elem_id="saliency-faithful")
             button = gr.Button("Render maps", variant="primary", elem_id="saliency-button")
     status = gr.Markdown(elem_id="saliency-status")
     prediction = gr.Markdown(elem_id="saliency-prediction")
