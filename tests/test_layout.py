@@ -150,7 +150,7 @@ def test_benchmarks_restore_process_settings_and_leave_the_model_alone():
     assert model[0].weight.is_contiguous()  # channels_last was applied to a copy, not the caller's model
 
 
-def test_concurrent_saliency_requests_never_share_or_change_the_cached_model():
+def test_concurrent_saliency_requests_leave_the_shared_cached_model_unchanged():
     from webapp.context import AppContext
     from webapp.forms import build_spec
     from webapp.tabs.saliency import run_saliency

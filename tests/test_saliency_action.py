@@ -44,7 +44,8 @@ def test_keys_and_values_come_from_one_forward_and_predictions_have_names(loaded
     assert len(calls) == 1
     assert [(r.method, r.kind) for r in result.data["results"]] == [("gradxact", "key"), ("gradxact", "value")]
     assert result.data["prediction"].startswith("star: ") and "Maps explain: star" in result.summary
-    assert {"grid", "mass", "heads"} <= set(result.figures) and "faithfulness" not in result.figures
+    assert {"grid", "heads"} <= set(result.data["images"]) and "mass" in result.figures
+    assert result.data["images"]["grid"].ndim == 3 and "faithfulness" not in result.figures
     circle = saliency_action(str(SAMPLES / "star_large.png"), loaded, kinds=["value"], target="circle",
                              faithfulness=False)
     assert circle.data["target"] == {"index": 0, "label": "circle"} and "Maps explain: circle" in circle.summary

@@ -201,7 +201,7 @@ def map_on_original(prepared, values: np.ndarray, max_side: int | None = 1024) -
     """A full-size map (input H x W) redrawn over the original picture, for a large preview:
     bilinear, NaN where the model saw nothing of it (parts cropped away) or where the map is NaN.
     The result is the original's size, shrunk to ``max_side`` on its longer side if larger (draw the
-    picture at the same size)."""
+    picture at the same size). ``values`` may hold several maps (``... x H x W``): one pass redraws them all."""
     width, height = prepared.original_size
     scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
     out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
@@ -212,8 +212,11 @@ def map_on_original(prepared, values: np.ndarray, max_side: int | None = 1024) -
     grid_x = torch.from_numpy((xs * sx + ox) / in_w * 2 - 1)  # align_corners=False: -1 and 1 are the outer edges
     grid_y = torch.from_numpy((ys * sy + oy) / in_h * 2 - 1)
     mesh_y, mesh_x = torch.meshgrid(grid_y, grid_x, indexing="ij")
-    sampling = torch.stack([mesh_x, mesh_y], dim=-1).float()[None]
-    source = torch.from_numpy(np.asarray(values, dtype=np.float32))[None, None]
+    values = np.asarray(values, dtype=np.float32)
+    leading = values.shape[:-2]
+    count = int(np.prod(leading)) if leading else 1
+    sampling = torch.stack([mesh_x, mesh_y], dim=-1).float()[None].expand(count, -1, -1, -1)
+    source = torch.from_numpy(values.reshape(count, 1, in_h, in_w))
     finite = torch.isfinite(source)
     filled = torch.where(finite, source, torch.zeros_like(source))
     # "border": beyond the input's outer edge the edge pixel continues (zeros would leave the picture's
@@ -225,4 +228,5 @@ def map_on_original(prepared, values: np.ndarray, max_side: int | None = 1024) -
     in_x = (xs * sx + ox)[None, :]
     in_y = (ys * sy + oy)[:, None]
     seen = (in_x >= x0) & (in_x < x1) & (in_y >= y0) & (in_y < y1)
-    return np.where(seen, result[0, 0].numpy(), np.nan).astype(np.float32)
+    drawn_maps = np.where(seen, result[:, 0].numpy(), np.nan).astype(np.float32)
+    return drawn_maps.reshape(*leading, out_h, out_w) if leading else drawn_maps[0]

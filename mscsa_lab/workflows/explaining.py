@@ -89,7 +89,7 @@ def saliency_action(image: Any, loaded: LoadedModel, *, method: str = "gradxact"
     from mscsa_lab.explain.capture import capture_layer
     from mscsa_lab.explain.geometry import input_to_cell, map_click
     from mscsa_lab.explain.methods import METHOD_CLASSES, METHODS, attribute_all
-    from mscsa_lab.explain.render import attention_mass_chart, head_grid, saliency_grid
+    from mscsa_lab.explain.render import attention_mass_chart
     from mscsa_lab.explain.targets import class_names_for
     from mscsa_lab.io.images import prepare_image
     from mscsa_lab.workflows import saliency_views as views
@@ -126,13 +126,13 @@ def saliency_action(image: Any, loaded: LoadedModel, *, method: str = "gradxact"
     first = results[0]
     prediction = _prediction(capture.probabilities, names, loaded.weights) if capture.probabilities is not None else ""
     small, drawn, marker = views.on_picture(prepared, picture, results, cell=cell)
-    figures = {"grid": saliency_grid(small, drawn, cmap, class_names=names, marker=marker),
-               "mass": attention_mass_chart(first if first.mass_shares is not None else
+    images = {"grid": views.compose_grid(small, drawn, cmap, class_names=names, marker=marker)}
+    figures = {"mass": attention_mass_chart(first if first.mass_shares is not None else
                                             _with_mass(first, capture.mass_shares()))}
     if first.head_maps is not None:
         thumbnail, with_heads, _ = views.on_picture(prepared, picture, results[:1], views.HEAD_SIDE, heads=True)
-        figures["heads"] = head_grid(thumbnail, with_heads[0], cmap)
-    data: dict[str, Any] = {"results": results, "prediction": prediction, "display": prepared.display,
+        images["heads"] = views.compose_heads(thumbnail, with_heads[0], cmap)
+    data: dict[str, Any] = {"results": results, "images": images, "prediction": prediction, "display": prepared.display,
                             "class_names": names, "query_cell": cell, "grid_size": tuple(grid_size),
                             "target": None if capture.target is None else
                             {"index": capture.target.index, "label": capture.target.label},

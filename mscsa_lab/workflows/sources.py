@@ -55,8 +55,9 @@ def preprocessing_for(model: nn.Module, meta: dict | None = None) -> dict[str, A
     return dict(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation or "bicubic")
 
 
-def demo_model(store: ModelStore | None = None) -> LoadedModel:
-    """The bundled demo model (ResNet-10t at half width + MSCSA, trained on the synthetic shapes)."""
+def demo_model(store: ModelStore | None = None, shared: bool = False) -> LoadedModel:
+    """The bundled demo model (ResNet-10t at half width + MSCSA, trained on the synthetic shapes);
+    ``shared``: the store's own model rather than a copy (see ``trained_model``)."""
     import copy
 
     from mscsa_lab.io.checkpoints import load_demo_model
@@ -66,7 +67,7 @@ def demo_model(store: ModelStore | None = None) -> LoadedModel:
     note = ("Weights: demo model: 5 synthetic shapes"
             + (f" ({100 * accuracy:.1f}% held-out)" if isinstance(accuracy, (int, float)) else "")
             + "; on real photographs it can only answer with a shape. Train on your own images to explain them.")
-    return LoadedModel(copy.deepcopy(model) if store is not None else model, "demo", list(meta["classes"]),
+    return LoadedModel(copy.deepcopy(model) if store is not None and not shared else model, "demo", list(meta["classes"]),
                        tuple(meta["input_size"]), note, meta, preprocessing_for(model, meta))
 
 
@@ -81,10 +82,12 @@ def run_spec(meta: dict[str, Any]) -> ModelSpec:
 
 
 def trained_model(folder: str | Path, store: ModelStore | None = None, label: str | None = None,
-                  limits: ResourceLimits | None = None, root: str | Path | None = None) -> LoadedModel:
+                  limits: ResourceLimits | None = None, root: str | Path | None = None,
+                  shared: bool = False) -> LoadedModel:
     """A training run's folder (``model.safetensors`` + ``model.json``), as ``mscsa-lab train`` writes it:
     its ``model.json`` is checked, its model costed against ``limits``, then built and loaded (files inside
-    ``root`` when given, e.g. the app's runs folder)."""
+    ``root`` when given, e.g. the app's runs folder). ``shared``: the store's own model, not a copy, for
+    work that changes nothing on it (the saliency pass: its hooks act only in their own thread)."""
     import copy
 
     from mscsa_lab.io.checkpoints import load_trained
@@ -96,7 +99,7 @@ def trained_model(folder: str | Path, store: ModelStore | None = None, label: st
     if store is not None:
         stamp = weights.stat().st_mtime if weights.exists() else 0.0
         model, meta = store.get(("trained", str(folder.resolve()), stamp), lambda: load_trained(folder, root=root))
-        model = copy.deepcopy(model)
+        model = model if shared else copy.deepcopy(model)
     else:
         model, meta = load_trained(folder, root=root)
     top1 = (meta.get("metrics") or {}).get("top1")
@@ -108,8 +111,9 @@ def trained_model(folder: str | Path, store: ModelStore | None = None, label: st
 
 
 def spec_model(spec: ModelSpec, checkpoint: str | Path | None = None, store: ModelStore | None = None,
-               limits: ResourceLimits | None = None) -> LoadedModel:
-    """The model of ``spec`` (classification: saliency needs class scores), with ``checkpoint`` loaded."""
+               limits: ResourceLimits | None = None, shared: bool = False) -> LoadedModel:
+    """The model of ``spec`` (classification: saliency needs class scores), with ``checkpoint`` loaded.
+    ``shared``: the store's own model rather than a copy (see ``trained_model``)."""
     from mscsa_lab.io.checkpoints import load_checkpoint
 
     if spec.task != "classification":
@@ -118,7 +122,7 @@ def spec_model(spec: ModelSpec, checkpoint: str | Path | None = None, store: Mod
     if checkpoint:
         model = load_checkpoint(spec.build(), str(checkpoint)).eval()
     else:
-        model = obtain_model(spec, store)
+        model = store.cached(spec) if shared and store is not None else obtain_model(spec, store)
     names = [f"class {i}" for i in range(getattr(model, "num_classes", 0))]
     return LoadedModel(model, spec.label, names, spec.input_size,
                        weights_note(spec, Path(checkpoint).name if checkpoint else None), None,

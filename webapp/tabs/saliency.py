@@ -39,17 +39,18 @@ def model_sources(context: AppContext) -> list[tuple[str, str]]:
 
 
 def load_source(context: AppContext, source: str, spec: Any, checkpoint: str | None) -> LoadedModel:
-    """The model a request asks for, as the request's own copy."""
+    """The model a request asks for: the store's own (the saliency pass changes nothing on it and its hooks act
+    only in their own thread, so concurrent requests share it without copying it)."""
     if checkpoint and source != "build":
         raise ConfigError("a checkpoint applies to the Build tab's model: choose \"the Build tab's model\" as the "
                           "model, or remove the checkpoint")
     if source == "demo":
-        return demo_model(context.store)
+        return demo_model(context.store, shared=True)  # the saliency pass changes nothing on a model
     if source == "build":
         if spec is None:
             raise ConfigError("build a model in the Build tab first, or use the demo model")
-        return spec_model(spec, checkpoint, context.store, context.limits)
-    return trained_model(run_folder(context.runs_dir, source), context.store, limits=context.limits,
+        return spec_model(spec, checkpoint, context.store, context.limits, shared=True)
+    return trained_model(run_folder(context.runs_dir, source), context.store, limits=context.limits, shared=True,
                          root=context.runs_dir)
 
 
@@ -59,7 +60,6 @@ def run_saliency(context: AppContext, image: Any, method: str, kinds: list[str],
     """(status, grid PNG, prediction, attention-mass chart, per-head PNG, raw maps .npz, faithfulness chart,
     faithfulness text, input view). ``query``: a pixel of the model's input; ``click``: a point on the input
     view; a click outside the picture changes only the status line (its message) and the view (a cross)."""
-    from mscsa_lab.io.figures import save_figure
 
     started = time.perf_counter()
     loaded = load_source(context, source or "demo", spec, checkpoint)
@@ -70,8 +70,9 @@ def run_saliency(context: AppContext, image: Any, method: str, kinds: list[str],
     first = result.data["results"][0]
     folder = context.output_dir("saliency")
     stem = export_stem(f"saliency-{first.method}", loaded.name, None, loaded.input_size)
-    grid = save_figure(result.figures["grid"], folder / f"{stem}_grid.png")
-    heads = save_figure(result.figures["heads"], folder / f"{stem}_heads.png") if "heads" in result.figures else None
+    images = result.data["images"]
+    grid = _save_image(images["grid"], folder / f"{stem}_grid.png")
+    heads = _save_image(images["heads"], folder / f"{stem}_heads.png") if "heads" in images else None
     npz = _save_maps(result.data["results"], folder / f"{stem}_maps.npz")
     seconds = time.perf_counter() - started
     cell = result.data["query_cell"]
@@ -94,6 +95,13 @@ def click_saliency(context: AppContext, image: Any, block: Any, layer: Any, fit:
         raise ConfigError("the click carried no position: click on the picture in the preview")
     return run_saliency(context, image, "query", ["key"], block, layer, None, fit, source, checkpoint, spec,
                         faithfulness=False, click=(float(point[0]), float(point[1])))
+
+
+def _save_image(image, path):
+    from PIL import Image
+
+    Image.fromarray(image).save(path, optimize=False, compress_level=1)
+    return path
 
 
 def _save_maps(results: list, path):
