@@ -80,3 +80,28 @@ def app_url(app_context):
         yield demo.local_url
     finally:
         demo.close()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser_page(app_url):
+    """The app in Debian's Chromium driven by Playwright (never a downloaded browser), 1400 px wide."""
+    from pathlib import Path
+
+    from playwright.sync_api import expect, sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required: apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)  # a busy 2-core machine renders slowly; actions still must finish
+        page.goto(app_url)
+        expect(page.get_by_text("MSCSA Lab").first).to_be_visible()
+        yield page
+        browser.close()

@@ -27,14 +27,18 @@ def run_build(context: AppContext, values: dict[str, Any]) -> tuple:
     spec = build_spec(values)
     result = build_action(spec, store=context.store, limits=context.limits)
     folder = context.output_dir("build")
-    stem = export_stem("diagram", spec.label, spec.task, spec.input_size)
-    from mscsa_lab.workflows.result import save_figure
+    stem = folder / export_stem("diagram", spec.label, spec.task, spec.input_size)
+    from mscsa_lab.analysis.diagram import figure_svg
 
-    files = [str(save_figure(result.figure, folder / f"{stem}{suffix}")) for suffix in (".svg", ".png")]
+    # The diagram is drawn once as PNG (shown in the page and offered) and once as SVG (text kept as text):
+    # sized from its content, it needs no tight bounding box.
+    result.figure.savefig(stem.with_suffix(".png"), format="png", dpi=120)
+    stem.with_suffix(".svg").write_text(figure_svg(result.figure), encoding="utf-8")
+    files = [str(stem.with_suffix(".svg")), str(stem.with_suffix(".png"))]
     status = f"Built {spec.label} + MSCSA in {time.perf_counter() - started:.1f} s."
     text = result.summary + "\n\n" + "\n".join(result.notes)
     return (status, text, show_frame(result.table), show_frame(result.tables["scales"]),
-            show_frame(result.tables["params"]), result.figure, files, spec)
+            show_frame(result.tables["params"]), files[1], files, spec)
 
 
 def pinned_text(pinned: list[ModelSpec] | None) -> str:
@@ -59,17 +63,18 @@ def pin(pinned: list[ModelSpec] | None, spec: ModelSpec | None) -> tuple[list[Mo
 def render(context: AppContext, shared: Shared) -> None:
     with gr.Row():
         profile = gr.Dropdown(profile_choices(), value="pvt_v2_b1", label="Table 7 profile")
-        backbone = gr.Textbox(label="or any timm backbone (overrides the profile)", placeholder="e.g. efficientnet_b0")
+        backbone = gr.Textbox(label="or any timm backbone (overrides the profile)", placeholder="e.g. efficientnet_b0",
+                              elem_id="build-backbone")
         task = gr.Radio(["classification", "dense"], value="classification", label="Task")
     with gr.Row():
         height = gr.Number(224, label="Input height", precision=0, elem_id="build-height")
         width = gr.Number(224, label="Input width", precision=0, elem_id="build-width")
         # Text, not gr.Number: a blank number field reaches the server as 0, not "unset".
-        depth = gr.Textbox(label="Depth (blank = profile)")
-        num_heads = gr.Textbox(label="Heads (blank = profile)")
-        key_dim = gr.Textbox(label="Head dim d (blank = profile)")
-        mlp_ratio = gr.Textbox(label="MLP ratio (blank = profile)")
-        squeeze = gr.Textbox(label="Squeeze ratio (5/8, none; blank = profile)")
+        depth = gr.Textbox(label="Depth (blank = profile)", elem_id="build-depth")
+        num_heads = gr.Textbox(label="Heads (blank = profile)", elem_id="build-heads")
+        key_dim = gr.Textbox(label="Head dim d (blank = profile)", elem_id="build-key-dim")
+        mlp_ratio = gr.Textbox(label="MLP ratio (blank = profile)", elem_id="build-mlp")
+        squeeze = gr.Textbox(label="Squeeze ratio (5/8, none; blank = profile)", elem_id="build-squeeze")
     with gr.Row():
         use_pcp = gr.Checkbox(True, label="Parallel convolution path")
         use_intra_ffn = gr.Checkbox(True, label="Intra-FFN")
@@ -92,7 +97,8 @@ def render(context: AppContext, shared: Shared) -> None:
     with gr.Row():
         scales = gr.Dataframe(label="Key/value scales", wrap=True, elem_id="build-scales")
         params = gr.Dataframe(label="Parameters", wrap=True, elem_id="build-params")
-    diagram = gr.Plot(label="The built model (drawn from the model itself)", elem_id="build-diagram")
+    diagram = gr.Image(label="The built model (drawn from the model itself)", elem_id="build-diagram",
+                       interactive=False, type="filepath")
     diagram_files = gr.File(label="Diagram (SVG, PNG)", file_count="multiple", elem_id="build-files")
 
     fields = dict(zip(BUILD_FIELDS, (profile, backbone, task, height, width, depth, num_heads, key_dim, mlp_ratio,

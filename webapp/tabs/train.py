@@ -170,7 +170,7 @@ def render(context: AppContext, shared: Shared) -> None:
         steps = gr.Textbox("", label="Max steps (blank = all epochs)", elem_id="train-steps")
         batch = gr.Number(16, label="Batch", precision=0, elem_id="train-batch")
         size = gr.Number(96, label="Image size", precision=0, elem_id="train-size")
-        lr = gr.Textbox("", label="Learning rate (blank = default)")
+        lr = gr.Textbox("", label="Learning rate (blank = default)", elem_id="train-lr")
         pretrained = gr.Checkbox(False, label="Pretrained backbone")
         name = gr.Textbox("", label="Run name (blank = date and time)", elem_id="train-name")
         resume = gr.Checkbox(False, label="Resume this run from its last checkpoint", elem_id="train-resume")
