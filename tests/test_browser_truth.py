@@ -161,6 +161,6 @@ def test_every_tab_keeps_its_last_message_and_clears_failed_results(browser_page
     fill(page, "train-lr", "")
     fill(page, "train-name", "truth-run")
     page.locator("#train-button").click()
-    expect(page.locator("#train-status")).to_contain_text("truth-run** reached its step limit", timeout=300_000)
+    expect(page.locator("#train-status")).to_contain_text("truth-run reached its step limit", timeout=300_000)
     check_readable(page)
     screenshot(page, "train")
