@@ -52,8 +52,9 @@ def test_fps_charts_carry_their_intervals_and_pale_unstable_rows():
     steady = [p for p in axis.patches if p.get_height() == pytest.approx(-8.0)]
     assert steady and not steady[0].get_hatch()
     assert "not a finding (see Check)" in [t.get_text() for t in axis.get_legend().get_texts()]
-    title = axis.get_title()
-    assert "\n" in title and max(len(line) for line in title.splitlines()) <= 100
+    title = figure._suptitle.get_text()
+    assert "\n" in title and title.replace("\n", " ") == ("A title long enough that a narrow figure would cut it on "
+                                                         "both sides " * 2).strip()
     assert wrapped_title("short", 6) == "short"
 
 
@@ -80,3 +81,40 @@ def test_component_trees_keep_their_indentation_and_the_total_its_rule(tmp_path)
 
     shown = terminal_table(ResultTable("Profile", frame, paper_columns=["Component", "FLOPs (G)"]))
     assert "\n  Q projection" in shown and "\n    scale X0" in shown and "Level" not in shown.splitlines()[1]
+
+
+def _text_outside_the_canvas(figure) -> list[str]:
+    """Text that a PNG of the figure (drawn as Gradio draws it: no tight bounding box) would cut."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure) if figure.canvas is None or not hasattr(figure.canvas, "get_renderer") \
+        else figure.canvas
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = figure.bbox.width, figure.bbox.height
+    cut = []
+    for text in figure.findobj(matplotlib.text.Text):
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+            cut.append(text.get_text())
+    return cut
+
+
+def test_no_chart_title_or_label_is_cut_at_the_size_the_page_draws_it():
+    from mscsa_lab.io.figures import plot_comparison, plot_component_breakdown, plot_latency, plot_training_curves
+
+    long = ("Throughput with and without MSCSA (classification, 64x64, CPU (x86_64, 2 threads)): 3 model(s), "
+            "batch 1, an overly long title that has to wrap")
+    components = pd.DataFrame([{"Component": name, "Level": 0, "Group": group, "FLOPs share (%)": share,
+                                "Params share (%)": share, "Time share (%)": share + 1}
+                               for name, group, share in (("backbone", "backbone", 80.0), ("CSA 1 (block 1)", "csa", 12.0),
+                                                          ("FFN (block 1)", "ffn", 8.0))])
+    comparison = pd.DataFrame([{"Model": "PVTv2-B0", "FLOPs (G)": 0.57, "+MSCSA FLOPs (G)": 0.65, "dFLOPs (%)": 14.0,
+                                "Paper FLOPs (G)": 0.57, "Paper +MSCSA FLOPs (G)": 0.65}])
+    figures = {"throughput": plot_throughput(FRAME, long), "components": plot_component_breakdown(components, long),
+               "comparison": plot_comparison(comparison, long), "latency": plot_latency(components, long, False),
+               "curves": plot_training_curves([{"kind": "step", "step": 1, "loss": 2.0, "accuracy": 10.0}], long)}
+    for name, figure in figures.items():
+        assert _text_outside_the_canvas(figure) == [], name

@@ -57,7 +57,7 @@ def tab_action(context: AppContext, tab: str, fn: Callable, arg_names: Sequence[
     def fail(error: BaseException, request: Any) -> gr.Error:
         message = failure_text(error, f"the {tab} tab")
         context.remember(getattr(request, "session_hash", "") or "", tab, message)
-        return gr.Error(message, duration=None)
+        return gr.Error(message, duration=10)  # a notice; the tab's status line keeps the message
 
     signature = _signature_with_request(fn, arg_names)
     count = len(signature.parameters)

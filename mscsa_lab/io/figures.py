@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mscsa_lab.io.export import ExportError
 
@@ -54,9 +55,10 @@ def plot_component_breakdown(frame: pd.DataFrame, title: str = "", mscsa_only: b
             axis.text(value, yi, f" {value:.2f}", va="center", fontsize=7)
         axis.set_xlabel(f"{column} of the whole model")
         axis.margins(x=0.2)
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=5, prune="upper"))  # no label overhanging the edge
     axes[0].set_yticks(y, rows["Component"].tolist(), fontsize=8)
-    figure.suptitle(wrapped_title(title or "Per-component cost", 11))
-    figure.tight_layout()
+    figure.suptitle(wrapped_title(title or "Per-component cost", figure.get_figwidth()))
+    figure.tight_layout(pad=1.6)  # room for the tick labels that overhang the axes
     return figure
 
 
@@ -76,9 +78,9 @@ def plot_comparison(frame: pd.DataFrame, title: str = "") -> Figure:
                   va="bottom", fontsize=8)
     axis.set_xticks(x, models, rotation=20, ha="right")
     axis.set_ylabel("GFLOPs (multiply-adds)")
-    axis.set_title(wrapped_title(title or "Backbones with and without MSCSA", max(6, 1.2 * len(models) + 2)))
+    figure.suptitle(wrapped_title(title or "Backbones with and without MSCSA", figure.get_figwidth()))
     axis.legend()
-    figure.tight_layout()
+    figure.tight_layout(pad=1.6)  # room for the tick labels that overhang the axes
     return figure
 
 
@@ -96,19 +98,34 @@ def plot_latency(frame: pd.DataFrame, title: str = "", mscsa_only: bool = True) 
     axis.barh(y - height / 2, rows["FLOPs share (%)"], height, label="share of FLOPs", color="#1f77b4")
     axis.set_yticks(y, rows["Component"].tolist(), fontsize=8)
     axis.set_xlabel("% of the whole model")
-    axis.set_title(wrapped_title(title or "Per-component latency", 8))
+    axis.xaxis.set_major_locator(MaxNLocator(nbins=6, prune="upper"))
+    figure.suptitle(wrapped_title(title or "Per-component latency", figure.get_figwidth()))
     axis.legend()
-    figure.tight_layout()
+    figure.tight_layout(pad=1.6)  # room for the tick labels that overhang the axes
     return figure
 
 
 def wrapped_title(text: str, width_inches: float, size: float = 12.0) -> str:
-    """``text`` broken at word boundaries into lines that fit ``width_inches`` at ``size`` points, so a
-    long title is never cut at the figure's edges."""
-    import textwrap
+    """``text`` broken at word boundaries into lines that fit ``width_inches`` at ``size`` points (each line
+    measured with the font matplotlib draws it in), so a long title is never cut at the figure's edges."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
 
-    characters = max(20, int(width_inches * 72 / (0.55 * size)))
-    return "\n".join(textwrap.wrap(text, characters)) if text else text
+    if not text:
+        return text
+    font = FontProperties(size=size)
+    room = 0.92 * width_inches * 72.0  # points, with a margin for the figure's edges
+
+    def fits(line: str) -> bool:
+        return text_to_path.get_text_width_height_descent(line, font, ismath=False)[0] <= room
+
+    lines: list[str] = []
+    for word in text.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 def _unstable_rows(frame: pd.DataFrame) -> np.ndarray:
@@ -155,8 +172,8 @@ def plot_throughput(frame: pd.DataFrame, title: str = "") -> Figure:
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(x, models, rotation=20, ha="right")
     axis.set_ylabel("FPS change from adding MSCSA (%)\n(bars: 95% interval)")
-    axis.set_title(wrapped_title(title or "Throughput cost of MSCSA", figure_width))
-    figure.tight_layout()
+    figure.suptitle(wrapped_title(title or "Throughput cost of MSCSA", figure_width))
+    figure.tight_layout(pad=1.6)  # room for the tick labels that overhang the axes
     return figure
 
 
@@ -181,13 +198,16 @@ def plot_training_curves(points: list[dict], title: str = "") -> Figure:
                            label="val top-1", color="#cc6677")
     loss_axis.set(xlabel="optimizer step", ylabel="loss", title="Loss")
     accuracy_axis.set(xlabel="optimizer step", ylabel="accuracy (%)", title="Top-1 accuracy", ylim=(0, 100))
+    last_step = max([p["step"] for p in points if isinstance(p.get("step"), (int, float))], default=1)
     for axis in (loss_axis, accuracy_axis):
+        axis.set_xlim(0, last_step * 1.05 + 1)  # steps start at 0; a single point still gets a readable axis
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True, prune="upper"))
         if axis.lines:
             axis.legend(loc="best", fontsize=8)
         axis.grid(alpha=0.3)
     if title:
-        figure.suptitle(wrapped_title(title, 9))
-    figure.tight_layout()
+        figure.suptitle(wrapped_title(title, figure.get_figwidth()))
+    figure.tight_layout(pad=1.6)  # room for the tick labels that overhang the axes
     return figure
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Shared", "profile_choices", "show_frame", "TableView"]
+__all__ = ["Shared", "profile_choices", "show_frame", "TableView", "result_frame"]
 
 
 @dataclass
@@ -47,6 +47,14 @@ def show_frame(table: Any, wide: bool = False, digits: int = 3):
     return shown
 
 
+def result_frame(label: str, elem_id: str, **options: Any):
+    """A table for results: empty until an action fills it, and then without made-up "1 2 3" headers."""
+    import gradio as gr
+
+    return gr.Dataframe(label=label, elem_id=elem_id, wrap=True, headers=[""], col_count=(1, "dynamic"),
+                        row_count=(0, "dynamic"), **options)
+
+
 class TableView:
     """A result table with an "All columns" switch: the page shows the compact columns first, every column on
     demand, from the table the last action kept (``state``). Its action returns (shown frame, table)."""
@@ -55,7 +63,7 @@ class TableView:
         import gradio as gr
 
         self.wide = gr.Checkbox(False, label="All columns", elem_id=f"{elem_id}-wide", container=False)
-        self.frame = gr.Dataframe(label=label, elem_id=elem_id, wrap=True)
+        self.frame = result_frame(label, elem_id)
         self.state = gr.State(None)
         self.wide.change(lambda table, wide: show_frame(table, bool(wide)), [self.state, self.wide], [self.frame],
                          queue=False)

@@ -14,7 +14,7 @@ from mscsa_lab.workflows.spec import ModelSpec
 from webapp.actions import failure_status, tab_action, wire
 from webapp.context import AppContext
 from webapp.forms import BUILD_FIELDS, build_spec
-from webapp.tabs import Shared, profile_choices, show_frame
+from webapp.tabs import Shared, profile_choices, result_frame, show_frame
 
 __all__ = ["render", "run_build", "pin", "pinned_text", "MAX_PINNED"]
 
@@ -93,10 +93,10 @@ def render(context: AppContext, shared: Shared) -> None:
     status = gr.Markdown(elem_id="build-status")
     pinned_note = gr.Markdown(pinned_text([]), elem_id="pinned-note")
     summary = gr.Markdown(elem_id="build-summary")
-    stages = gr.Dataframe(label="Stages", wrap=True, elem_id="build-stages")
+    stages = result_frame("Stages", "build-stages")
     with gr.Row():
-        scales = gr.Dataframe(label="Key/value scales", wrap=True, elem_id="build-scales")
-        params = gr.Dataframe(label="Parameters", wrap=True, elem_id="build-params")
+        scales = result_frame("Key/value scales", "build-scales")
+        params = result_frame("Parameters", "build-params")
     diagram = gr.Image(label="The built model (drawn from the model itself)", elem_id="build-diagram",
                        interactive=False, type="filepath")
     diagram_files = gr.File(label="Diagram (SVG, PNG)", file_count="multiple", elem_id="build-files")

@@ -17,7 +17,7 @@ from mscsa_lab.workflows.spec import ModelSpec
 from webapp.actions import failure_status, tab_action, wire
 from webapp.context import AppContext
 from webapp.forms import blank, number, whole
-from webapp.tabs import Shared, TableView, profile_choices, show_frame
+from webapp.tabs import Shared, TableView, profile_choices, result_frame, show_frame
 
 __all__ = ["render", "run_profile", "run_budget", "budget_fields", "MEMORY_MAX_BATCH"]
 
@@ -122,7 +122,7 @@ def render(context: AppContext, shared: Shared) -> None:
     message = gr.Markdown(elem_id="budget-message")
     config = gr.Code(language="json", label="Chosen settings", elem_id="budget-config")
     apply = gr.Button("Apply to Build (and build it)", elem_id="budget-apply")
-    candidates = gr.Dataframe(label="Candidates tried", wrap=True, elem_id="budget-table")
+    candidates = result_frame("Candidates tried", "budget-table")
     fields = shared.build_fields
     def on_fit(name: str, cap: Any, height: Any, width: Any, task: str) -> tuple:
         return run_budget(name, cap, height, width, task, context.limits)

@@ -210,6 +210,6 @@ def _click_handler(context: AppContext):
         except Exception as error:  # noqa: BLE001 - shown in the status line
             message = failure_text(error, "the Saliency tab")
             context.remember(request.session_hash or "", "Saliency", message)
-            raise gr.Error(message, duration=None) from None
+            raise gr.Error(message, duration=10) from None
 
     return handler
