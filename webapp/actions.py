@@ -72,18 +72,24 @@ def tab_action(context: AppContext, tab: str, fn: Callable, arg_names: Sequence[
         def handler(*values: Any) -> Iterator[Any]:
             values, request = split(values)
             context.sweep_uploads()
+            context.begin()
             try:
                 yield from fn(*values)
             except Exception as error:  # noqa: BLE001 - every failure gets its message
                 raise fail(error, request) from None
+            finally:
+                context.end()
     else:
         def handler(*values: Any) -> Any:
             values, request = split(values)
             context.sweep_uploads()
+            context.begin()
             try:
                 return fn(*values)
             except Exception as error:  # noqa: BLE001
                 raise fail(error, request) from None
+            finally:
+                context.end()
 
     handler.__name__ = getattr(fn, "__name__", "action")
     handler.__doc__ = fn.__doc__

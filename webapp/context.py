@@ -24,6 +24,20 @@ DEFAULT_CACHE_BYTES = 2 * 2**30
 OUTPUT_MAX_AGE_S = 3600
 DEFAULT_UPLOAD_CAP_BYTES = 2 * 2**30  # all uploads together (Gradio also removes those older than an hour)
 UPLOAD_GRACE_S = 120  # an upload younger than this may still be in use by its request: never removed
+IDLE_TRIM_S = 5.0  # an idle app collects garbage and hands freed heap memory back after this long
+
+
+def _trim_memory() -> None:
+    """Collect cycles and return free heap pages to the system (glibc keeps them otherwise), so an idle app's
+    memory comes back near where it started after heavy use; the model store keeps what it is allowed."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
 
 
 @dataclass
@@ -42,6 +56,8 @@ class AppContext:
     upload_cap_bytes: int = DEFAULT_UPLOAD_CAP_BYTES
     _messages: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _active: int = field(default=0, repr=False)
+    _idle_timer: threading.Timer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir).expanduser().resolve()
@@ -87,6 +103,24 @@ class AppContext:
             total -= size
             removed += size
         return removed
+
+    # ------------------------------------------------------------------ memory between requests
+    def begin(self) -> None:
+        """A request starts: no memory trimming while anything runs."""
+        with self._lock:
+            self._active += 1
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+
+    def end(self) -> None:
+        """A request ended: once nothing has run for ``IDLE_TRIM_S``, give freed memory back to the system."""
+        with self._lock:
+            self._active = max(0, self._active - 1)
+            if self._active == 0:
+                self._idle_timer = threading.Timer(IDLE_TRIM_S, _trim_memory)
+                self._idle_timer.daemon = True
+                self._idle_timer.start()
 
     # ------------------------------------------------------------------ the tabs' last messages
     def remember(self, session: str, tab: str, message: str) -> None:
