@@ -193,13 +193,16 @@ def build_named_model(name: str, task: str = "classification", input_size: tuple
 
 # --------------------------------------------------------------------------- timm registrations
 # (This section's own imports, kept here so that the section stands on its own.)
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
 
 from timm.models import build_model_with_cfg, generate_default_cfgs  # noqa: E402
 from timm.models._features import FeatureGetterNet  # noqa: E402
+import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from mscsa_lab.models.config import UnknownArgumentError  # noqa: E402
 from mscsa_lab.models.mscsa_net import mscsa_pretrained_cfg  # noqa: E402
 
 # Registered name -> Table 7 profile.
@@ -228,15 +231,18 @@ _SOURCE_KEYS = ("file", "state_dict", "url", "hf_hub_id", "hf_hub_filename", "so
 
 def _registered_cfg(profile: Profile) -> dict[str, Any]:
     """Data settings of the backbone's timm weights (the baseline's for backbones that load the
-    baseline's weights, as CoaT's serial blocks do); ImageNet defaults for backbones without."""
+    baseline's weights, as CoaT's serial blocks do), ImageNet defaults for backbones without; the
+    pool size of the profile's MSCSA. ``first_conv`` is filled in when a model is built (its path
+    depends on how timm wraps the backbone's features)."""
+    pool_stride = profile.config.pool_stride_for("classification")
     for name in (profile.backbone, profile.baseline_model):
         try:
             source = timm.models.get_pretrained_cfg(name)
         except Exception:  # noqa: BLE001 - timm raises several types for unknown names
             source = None
         if source is not None:
-            return mscsa_pretrained_cfg(source)
-    return mscsa_pretrained_cfg(None)
+            return mscsa_pretrained_cfg(source, pool_stride)
+    return mscsa_pretrained_cfg(None, pool_stride)
 
 
 _PROFILES = {profile.name: profile for profile in list_profiles()}
@@ -252,7 +258,7 @@ def _create_registered(variant: str, pretrained: bool = False, **kwargs: Any) ->
     source in ``pretrained_cfg_overlay`` (e.g. ``file=``) or ``pretrained_file`` names the backbone's
     weights. ``features_only=True`` builds the dense model and returns its four fused maps
     (``out_indices`` picks among strides 4, 8, 16, 32). MSCSA settings go by their own names."""
-    profile = load_profile(_REGISTERED[variant]).require_available()
+    profile = _PROFILES[_REGISTERED[variant]].require_available()  # read once, at import
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     cache_dir = kwargs.pop("cache_dir", None)
@@ -260,7 +266,7 @@ def _create_registered(variant: str, pretrained: bool = False, **kwargs: Any) ->
     settings = {key: kwargs.pop(key) for key in list(kwargs) if key in _SETTINGS}
     unknown = sorted(set(kwargs) - set(_MODEL_ARGS))
     if unknown:
-        raise ConfigError(
+        raise UnknownArgumentError(
             f"{variant}: unknown argument(s) {unknown}. It takes timm's {', '.join(_MODEL_ARGS[:-2])} and "
             f"the MSCSA settings {', '.join(_SETTINGS)}"
         )
@@ -292,20 +298,23 @@ def _create_registered(variant: str, pretrained: bool = False, **kwargs: Any) ->
     elif "out_indices" in kwargs:
         raise ConfigError(f"{variant}: out_indices picks feature maps: it needs features_only=True")
     config = profile.config.replace(**settings)
-    model = build_model_with_cfg(
-        # MSCSA has no weights of its own to load: the backbone's are loaded inside MSCSANet.
-        functools.partial(MSCSANet, pretrained=pretrained, weights_overlay=overlay, cache_dir=cache_dir),
-        variant,
-        pretrained=False,
-        pretrained_cfg=pretrained_cfg,
-        pretrained_cfg_overlay={key: value for key, value in overlay.items() if key not in _SOURCE_KEYS},
-        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
-        backbone=profile.backbone,
-        config=config,
-        **kwargs,
-    )
-    if isinstance(model, MSCSANet):
-        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "first_conv": model.first_conv()}
+    # Built where it is asked for (no memory and no initialisation cost on the meta device), then cast.
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(
+            # MSCSA has no weights of its own to load: the backbone's are loaded inside MSCSANet.
+            functools.partial(MSCSANet, pretrained=pretrained, weights_overlay=overlay, cache_dir=cache_dir),
+            variant,
+            pretrained=False,
+            pretrained_cfg=pretrained_cfg,
+            pretrained_cfg_overlay={key: value for key, value in overlay.items() if key not in _SOURCE_KEYS},
+            feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+            backbone=profile.backbone,
+            config=config,
+            **kwargs,
+        )
+    net = model.model if isinstance(model, FeatureGetterNet) else model
+    if isinstance(net, MSCSANet):  # the registered config, completed for this build
+        net.pretrained_cfg = net.default_cfg = net.complete_cfg(net.pretrained_cfg)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

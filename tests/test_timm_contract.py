@@ -19,6 +19,7 @@ from timm.layers import DropPath
 from timm.models import group_parameters
 
 from mscsa_lab import ConfigError, PretrainedWeightsUnavailable, create_mscsa_model
+from mscsa_lab.errors import UserError
 from mscsa_lab.models.mscsa_net import MSCSAAddOn, MSCSANet
 from mscsa_lab.presets import list_profiles
 
@@ -144,8 +145,9 @@ def test_global_pool_and_in_chans_at_creation(name):
 def test_unsupported_pooling_and_unknown_arguments_are_named():
     with pytest.raises(ConfigError, match=r"global_pool='max' is not supported.*'avg'"):
         create("resnet18_mscsa", global_pool="max")
-    with pytest.raises(ConfigError, match=r"unknown argument\(s\) \['colour'\]"):
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['colour'\]") as info:
         create("resnet18_mscsa", colour="red")
+    assert isinstance(info.value, UserError)  # timm's contract is a TypeError; the message is for the user
     with pytest.raises(ConfigError, match="drop_path_rate .* drop_path"):
         create("resnet18_mscsa", drop_path_rate=0.1, drop_path=0.2)
     with pytest.raises(ConfigError, match="task='classification' has none"):

@@ -25,7 +25,7 @@ from typing import Any
 import timm
 import torch
 from timm.models import group_parameters
-from timm.models._features import FeatureGetterNet
+from timm.models._features import FeatureDictNet, FeatureGetterNet
 from torch import nn
 from mscsa_lab.errors import UserError
 
@@ -313,10 +313,36 @@ class StageFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = self.model(x)
+        # timm's feature wrappers return a list; TorchScript types the feature getter's output as
+        # forward_intermediates' (list or tuple) until told.
+        assert isinstance(features, list)
         stages = [features[i] for i in self.stage_indices]
         if self.nhwc:
             stages = [f.permute(0, 3, 1, 2).contiguous() for f in stages]
         return stages
+
+    def prune(self, last_stage: int) -> None:
+        """Drop everything after stage ``last_stage`` (0..3): ``forward`` then returns the maps of
+        stages 0..last_stage and no parameter of a later stage remains (nothing left unused)."""
+        if not 0 <= last_stage < len(self.stage_indices):
+            raise ValueError(f"last_stage={last_stage} is not one of the {len(self.stage_indices)} kept stages")
+        last_feature = self.stage_indices[last_stage]
+        if isinstance(self.model, FeatureGetterNet):
+            kept = list(self.model.out_indices)[: last_feature + 1]
+            inner = self.model.model
+            if not hasattr(inner, "prune_intermediate_layers"):
+                raise BackboneError(f"backbone {self.name!r} cannot be pruned: it has no prune_intermediate_layers")
+            self.model.out_indices = inner.prune_intermediate_layers(kept, prune_norm=not self.model.norm)
+        elif isinstance(self.model, FeatureDictNet):  # FeatureListNet: its modules in the order they run
+            returned = [name for name in self.model.keys() if name in self.model.return_layers]
+            names = list(self.model.keys())
+            for name in names[names.index(returned[last_feature]) + 1:]:
+                del self.model[name]
+                self.model.return_layers.pop(name, None)
+        else:
+            raise BackboneError(f"backbone {self.name!r} ({type(self.model).__name__}) cannot be pruned")
+        for attribute in ("stage_indices", "channels", "strides", "stage_modules"):
+            setattr(self, attribute, getattr(self, attribute)[: last_stage + 1])
 
     # ------------------------------------------------------------------ timm's training contract
     def set_grad_checkpointing(self, enable: bool = True) -> bool:

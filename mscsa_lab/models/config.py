@@ -18,6 +18,7 @@ from mscsa_lab.errors import UserError
 __all__ = [
     "MSCSAConfig",
     "ConfigError",
+    "UnknownArgumentError",
     "DOWNSAMPLE_STRATEGIES",
     "ATTENTION_IMPLS",
     "FUSION_ORDERS",
@@ -56,6 +57,12 @@ ABLATION_PRESETS: dict[str, dict[str, Any]] = {**TABLE4_VARIANTS, **TABLE5_VARIA
 
 class ConfigError(UserError, ValueError):
     """An impossible MSCSA configuration; the message says what to change."""
+
+
+class UnknownArgumentError(UserError, TypeError):
+    """A keyword a model constructor does not take. A ``TypeError``, as Python raises for any
+    function called with an unknown keyword (timm's model contract checks for it); the message
+    lists the keywords the model takes."""
 
 
 def parse_ratio(value: Any) -> float | None:

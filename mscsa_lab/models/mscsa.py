@@ -10,20 +10,26 @@ Data flow (all tensors BCHW, no CLS token)::
 
 The per-scale key/value projections are separate modules (``key_proj[i]``, ``value_proj[i]``) so
 that hook-based attribution (captum) sees each scale's call, and the attention itself can be read
-back through ``CrossScaleAttention.last_attention`` when ``store_attention`` is set.
+back through ``CrossScaleAttention.last_attention`` when ``store_attention`` is set (eager mode).
+
+The modules script (TorchScript) and trace (torch.fx) as written: forwards take plain lists, sizes
+are computed with integer arithmetic that works on traced values, and every branch depends on
+settings fixed at construction, never on a tensor's shape. The head and the dense fusion live in
+``mscsa_lab.models.heads`` (re-exported here).
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from mscsa_lab.models.config import ConfigError, MSCSAConfig
-from mscsa_lab.models.layers import ConvBN, Fusable, fold_bn_into_linear, make_activation
+from mscsa_lab.models.config import MSCSAConfig
+from mscsa_lab.models.heads import GLOBAL_POOLS, ClassificationHead, DenseFusion, resolve_global_pool
+from mscsa_lab.models.layers import ConvBN, make_activation, trunc_normal_fan_in_
 
 __all__ = [
     "CrossScaleAttention",
@@ -89,7 +95,7 @@ class CrossScaleAttention(nn.Module):
         self.downsample = downsample
         self.attn_impl = attn_impl
         self.store_attention = False
-        self.last_attention: torch.Tensor | None = None
+        self.last_attention = None  # the softmax weights of the last call, when store_attention is set
 
         qk_chs = num_heads * key_dim
         v_chs = num_heads * self.value_dim
@@ -131,41 +137,39 @@ class CrossScaleAttention(nn.Module):
     def num_scales(self) -> int:
         return len(self.scale_downsamplers)
 
-    def scale_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def scale_inputs(self, x: torch.Tensor) -> List[torch.Tensor]:
         """X0, X1, X2 for this layer's strategy."""
         inputs = [x]
         for index, downsampler in enumerate(self.scale_downsamplers):
-            if index == 0:
-                continue
-            source = inputs[-1] if (self.downsample == "cascade" and index == 2) else x
-            inputs.append(downsampler(source))
+            if index > 0:
+                source = inputs[-1] if (self.downsample == "cascade" and index == 2) else x
+                inputs.append(downsampler(source))
         return inputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         heads = self.num_heads
         q = self.query(x).reshape(batch, heads, self.key_dim, height * width).transpose(-2, -1)
-        keys, values = [], []
-        value_full_res = None
-        for index, scale_input in enumerate(self.scale_inputs(x)):
-            k = self.key_proj[index](scale_input)
-            v = self.value_proj[index](scale_input)
-            if index == 0:
-                value_full_res = v
-            keys.append(k.flatten(2).reshape(batch, heads, self.key_dim, -1))
-            values.append(v.flatten(2).reshape(batch, heads, self.value_dim, -1))
+        scale_inputs = self.scale_inputs(x)
+        keys: List[torch.Tensor] = []
+        values: List[torch.Tensor] = []
+        for index, (key_proj, value_proj) in enumerate(zip(self.key_proj, self.value_proj)):
+            keys.append(key_proj(scale_inputs[index]).flatten(2).reshape(batch, heads, self.key_dim, -1))
+            values.append(value_proj(scale_inputs[index]))
+        # The parallel conv path works on V0 as a map; attention on every scale's V as tokens.
+        value_full_res = values[0]
         k = torch.cat(keys, dim=-1).transpose(-2, -1)  # B, heads, M, d
-        v = torch.cat(values, dim=-1).transpose(-2, -1)  # B, heads, M, dv
+        v = torch.cat([v.flatten(2).reshape(batch, heads, self.value_dim, -1) for v in values], dim=-1)
+        v = v.transpose(-2, -1)  # B, heads, M, dv
 
-        if not self.store_attention:
-            self.last_attention = None
         if self.attn_impl == "explicit" or self.store_attention:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = attn.softmax(dim=-1)
-            if self.store_attention:
-                self.last_attention = attn.detach()
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            if not torch.jit.is_scripting():
+                self.last_attention = attn.detach() if self.store_attention else None
             out = attn @ v
         else:
+            if not torch.jit.is_scripting():
+                self.last_attention = None
             out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-2, -1).reshape(batch, heads * self.value_dim, height, width)
         if self.conv_path is not None:
@@ -198,7 +202,7 @@ class IntraFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = torch.split(x, self.split_channels, dim=1)
-        return torch.cat([ffn(part) for ffn, part in zip(self.stage_ffns, parts)], dim=1)
+        return torch.cat([ffn(parts[index]) for index, ffn in enumerate(self.stage_ffns)], dim=1)
 
 
 class MSCSABlock(nn.Module):
@@ -248,21 +252,29 @@ class MSCSABlock(nn.Module):
         return x
 
 
-def pooled_size(stage_sizes: Sequence[tuple[int, int]], pool_stride: int) -> tuple[int, int]:
+STAGE_STRIDES = (4, 8, 16, 32)
+
+
+def pooled_size(stage_sizes: Sequence[Sequence[int]], pool_stride: int) -> Tuple[int, int]:
     """Size of the multi-stage map at output stride ``pool_stride``.
 
     For strides the backbone has (4..32) it is that stage's own map size, so "1/32" means exactly
-    the stride-32 map whatever the backbone's rounding; other strides are derived from the
-    nearest stage by ceiling division (e.g. 1/64 = ceil(size at 1/32 / 2)).
+    the stride-32 map whatever the backbone's rounding; coarser strides are derived from the
+    stride-32 map by ceiling division (e.g. 1/64 = ceil(size at 1/32 / 2)). Integer arithmetic
+    only, so sizes traced by torch.fx work too.
     """
-    stage_strides = (4, 8, 16, 32)
-    if pool_stride in stage_strides:
-        return tuple(stage_sizes[stage_strides.index(pool_stride)])  # type: ignore[return-value]
+    stage, factor = _pool_source(pool_stride)
+    height, width = stage_sizes[stage][0], stage_sizes[stage][1]
+    return (height + factor - 1) // factor, (width + factor - 1) // factor
+
+
+def _pool_source(pool_stride: int) -> Tuple[int, int]:
+    """(index of the stage whose map size the pooled size derives from, ceiling-division factor)."""
+    if pool_stride in STAGE_STRIDES:
+        return STAGE_STRIDES.index(pool_stride), 1
     if pool_stride > 32:
-        base, factor = stage_sizes[3], pool_stride // 32
-    else:
-        base, factor = stage_sizes[0], 1
-    return (math.ceil(base[0] / factor), math.ceil(base[1] / factor))
+        return 3, pool_stride // 32
+    return 0, 1
 
 
 class MultiStageAggregation(nn.Module):
@@ -279,6 +291,11 @@ class MultiStageAggregation(nn.Module):
         self.in_channels = list(in_channels)
         self.pool_stride = pool_stride
         self.upsample_mode = upsample_mode
+        self.source_stage, self.source_factor = _pool_source(pool_stride)
+        # A stage whose stride is finer than (or equal to) the pooled map's is average-pooled down to
+        # it; a coarser one (the stride-32 map when pooling to 1/16, as for CoaT) is upsampled, which
+        # average pooling cannot do. Fixed per stage, so tracing sees no branch on sizes.
+        self.upsampled = [stride > pool_stride for stride in STAGE_STRIDES[: len(self.in_channels)]]
         if squeeze_ratio is None:
             self.out_channels = list(in_channels)
             self.squeeze = None
@@ -286,46 +303,52 @@ class MultiStageAggregation(nn.Module):
             self.out_channels = [int(round(c * squeeze_ratio)) for c in in_channels]
             self.squeeze = nn.ModuleList([ConvBN(c, o) for c, o in zip(in_channels, self.out_channels)])
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        size = pooled_size([f.shape[-2:] for f in features], self.pool_stride)
-        pooled = [self._resize(f, size) for f in features]
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+        source, factor = features[self.source_stage], self.source_factor
+        size = [(source.shape[-2] + factor - 1) // factor, (source.shape[-1] + factor - 1) // factor]
+        pooled: List[torch.Tensor] = []
+        for index, feature in enumerate(features):
+            if index == self.source_stage and factor == 1:
+                pooled.append(feature)  # already the pooled map's size
+            elif not self.upsampled[index]:
+                pooled.append(F.adaptive_avg_pool2d(feature, size))
+            elif self.upsample_mode == "nearest":
+                pooled.append(F.interpolate(feature, size=size, mode="nearest"))
+            else:
+                pooled.append(F.interpolate(feature, size=size, mode="bilinear", align_corners=False))
         if self.squeeze is not None:
-            pooled = [squeeze(p) for squeeze, p in zip(self.squeeze, pooled)]
+            squeezed: List[torch.Tensor] = []
+            for index, squeeze in enumerate(self.squeeze):
+                squeezed.append(squeeze(pooled[index]))
+            pooled = squeezed
         return torch.cat(pooled, dim=1)
 
-    def _resize(self, feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Average-pool maps larger than the target; maps smaller than it (the stride-32 map when
-        pooling to 1/16, as for CoaT) are upsampled, which average pooling cannot do."""
-        height, width = feature.shape[-2:]
-        if (height, width) == tuple(size):
-            return feature
-        if height >= size[0] and width >= size[1]:
-            return F.adaptive_avg_pool2d(feature, size)
-        if self.upsample_mode == "nearest":
-            return F.interpolate(feature, size=size, mode="nearest")
-        return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
 
-
+@torch.no_grad()
 def init_zero_residual(module: nn.Module) -> None:
     """LeViT / TopFormer initialisation: every conv truncated-normal (std 1/sqrt(fan-in), cut at
     2 std, so a fresh model's activations keep their scale in eval mode too), BN at weight 1 /
     bias 0, except the BN closing each residual branch (CSA output projection, FFN and Intra-FFN
     last conv), which starts at 0: a fresh MSCSA block is the identity and training grows each
-    branch from nothing instead of adding noise to the backbone's features."""
+    branch from nothing instead of adding noise to the backbone's features.
+
+    All conv weights are drawn together (``trunc_normal_fan_in_``): drawing them one by one, with
+    ``nn.init.trunc_normal_`` or even timm's faster ``trunc_normal_``, used to take most of the time of
+    building a whole model."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    trunc_normal_fan_in_([conv.weight for conv in convs])
+    for conv in convs:
+        if conv.bias is not None:
+            conv.bias.zero_()
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_in = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-            std = math.sqrt(1.0 / fan_in)
-            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.weight.fill_(1.0)
+            m.bias.zero_()
     for m in module.modules():
         closing = m.proj if isinstance(m, CrossScaleAttention) else m.fc2 if isinstance(m, FFN) else None
         if closing is not None:
-            nn.init.zeros_(closing.bn.weight)
+            closing.bn.weight.zero_()
 
 
 class MSCSA(nn.Module):
@@ -375,10 +398,12 @@ class MSCSA(nn.Module):
         for layer in self.attention_layers():
             layer.attn_impl = impl
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         x = self.aggregation(features)
-        if self.training:
-            self._check_batch_statistics(x)
+        if not torch.jit.is_scripting():
+            # The check reads sizes as numbers, which symbolic tracing and torch.export/compile cannot.
+            if self.training and not is_fx_symbolic_tracing() and not torch.compiler.is_compiling():
+                self._check_batch_statistics(x)
         return self.blocks(x)
 
     def _check_batch_statistics(self, x: torch.Tensor) -> None:
@@ -391,100 +416,3 @@ class MSCSA(nn.Module):
                 f"a key/value scale of one pixel, too few for BatchNorm statistics: use a batch of 2 or more, a "
                 f"larger input, or eval mode"
             )
-
-
-GLOBAL_POOLS = ("avg", "")
-
-
-def resolve_global_pool(global_pool: str | None) -> str:
-    """'avg' (global average pooling, Fig. 4) or '' (none; None means the same)."""
-    value = "" if global_pool is None else global_pool
-    if value not in GLOBAL_POOLS:
-        raise ConfigError(
-            f"global_pool={global_pool!r} is not supported: MSCSA's head averages the multi-stage map "
-            f"('avg', the default) or does no pooling ('' or None: the head then works per position)"
-        )
-    return value
-
-
-class ClassificationHead(Fusable, nn.Module):
-    """Fig. 4: BN -> global average pool -> Linear. ``fuse()`` folds the BN into the Linear
-    (exact in eval mode, since the spatial mean commutes with a per-channel affine map).
-
-    The BN and the Linear together are the classifier: pre-logits are the pooled MSCSA features
-    before the BN, so they are the same before and after ``fuse()``, and a head without classes
-    (``num_classes=0``) returns them. ``global_pool=''`` skips the pooling: pre-logits are the map
-    itself and logits are given per position (B x classes x h x w)."""
-
-    def __init__(self, dim: int, num_classes: int, drop_rate: float = 0.0, global_pool: str | None = "avg") -> None:
-        super().__init__()
-        self.in_features = self.num_features = dim
-        self.global_pool = resolve_global_pool(global_pool)
-        self.drop = nn.Dropout(drop_rate)
-        self._make_classifier(num_classes)
-
-    def _make_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        if num_classes > 0:
-            self.norm: nn.Module = nn.BatchNorm2d(self.in_features)
-            self.fc: nn.Module = nn.Linear(self.in_features, num_classes)
-            nn.init.trunc_normal_(self.fc.weight, std=0.02)
-            nn.init.zeros_(self.fc.bias)
-        else:
-            self.norm = nn.Identity()
-            self.fc = nn.Identity()
-
-    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new, untrained classifier for ``num_classes`` (0: none); ``global_pool`` None keeps the pooling."""
-        if global_pool is not None:
-            self.global_pool = resolve_global_pool(global_pool)
-        like = next(self.parameters(), None)
-        self._make_classifier(num_classes)
-        self.train(self.training)  # new layers follow the head's mode
-        if like is not None:
-            self.to(device=like.device, dtype=like.dtype)
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pool = self.global_pool == "avg"
-        if pre_logits or self.num_classes == 0:
-            return x.mean(dim=(2, 3)) if pool else x
-        x = self.norm(x)
-        if pool:
-            return self.fc(self.drop(x.mean(dim=(2, 3))))
-        return self.fc(self.drop(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    @torch.no_grad()
-    def fuse(self) -> "ClassificationHead":
-        if isinstance(self.norm, nn.BatchNorm2d) and isinstance(self.fc, nn.Linear):
-            self.fc = fold_bn_into_linear(self.norm, self.fc)
-            self.norm = nn.Identity()
-        return self
-
-
-class DenseFusion(nn.Module):
-    """Fig. 5: each stage's MSCSA part g_i injects into the backbone map F_i:
-    out_i = F_i * hardsigmoid(ConvBN_w(g_i)) + ConvBN_b(g_i), ConvBN: Ci' -> Ci."""
-
-    def __init__(self, split_channels: Sequence[int], stage_channels: Sequence[int], order: str = "conv_first") -> None:
-        super().__init__()
-        if order not in ("conv_first", "upsample_first"):
-            raise ValueError(f"unknown fusion order {order!r}")
-        self.split_channels = list(split_channels)
-        self.order = order
-        self.weight_convs = nn.ModuleList([ConvBN(g, c) for g, c in zip(split_channels, stage_channels)])
-        self.bias_convs = nn.ModuleList([ConvBN(g, c) for g, c in zip(split_channels, stage_channels)])
-        self.gate = nn.Hardsigmoid()
-
-    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        parts = torch.split(x, self.split_channels, dim=1)
-        fused = []
-        for part, feature, weight_conv, bias_conv in zip(parts, features, self.weight_convs, self.bias_convs):
-            size = feature.shape[-2:]
-            if self.order == "upsample_first":
-                part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
-                weight, bias = weight_conv(part), bias_conv(part)
-            else:
-                weight = F.interpolate(weight_conv(part), size=size, mode="bilinear", align_corners=False)
-                bias = F.interpolate(bias_conv(part), size=size, mode="bilinear", align_corners=False)
-            fused.append(feature * self.gate(weight) + bias)
-        return fused

@@ -18,24 +18,25 @@ timm's contract, as ``timm.create_model("<backbone>_mscsa", ...)`` builds it (``
     >>> model = timm.create_model("pvt_v2_b1_mscsa", num_classes=10)
     >>> dense = timm.create_model("resnet50_mscsa", task="dense")
     >>> maps = timm.create_model("resnet50_mscsa", features_only=True, out_indices=(1, 3))
-"""
-from __future__ import annotations
 
-import contextlib
+No ``from __future__ import annotations`` here: torch.fx writes the traced model's code from
+``forward``'s annotations, and a string annotation there does not script afterwards.
+"""
 import os
 import re
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from mscsa_lab.models.backbones import MSCSA_STRIDES, StageFeatures, flattened_name
+from mscsa_lab.models.checkpointing import CheckpointedBlocks
 from mscsa_lab.models.config import ConfigError, MSCSAConfig
 from mscsa_lab.models.layers import Fusable, fuse_modules
-from mscsa_lab.models.mscsa import MSCSA, ClassificationHead, DenseFusion, resolve_global_pool
+from mscsa_lab.models.heads import ClassificationHead, DenseFusion, resolve_global_pool
+from mscsa_lab.models.mscsa import MSCSA, pooled_size, scale_sizes
 
 __all__ = ["MSCSANet", "MSCSAAddOn", "MSCSAParts", "build_mscsa_parts", "mscsa_pretrained_cfg", "TASKS"]
 
@@ -46,11 +47,12 @@ _DATA_KEYS = ("input_size", "min_input_size", "test_input_size", "fixed_input_si
               "test_crop_pct", "crop_mode", "mean", "std")
 
 
-def mscsa_pretrained_cfg(source: Any = None) -> dict[str, Any]:
+def mscsa_pretrained_cfg(source: Any = None, pool_stride: int = 32, first_conv: str | None = None) -> dict[str, Any]:
     """The pretrained config of a backbone+MSCSA model: input size, crop, interpolation, mean and
     std of ``source`` (the backbone's timm pretrained config, a dict or ``PretrainedCfg``), ImageNet
-    defaults without one. No weight source: MSCSA has no published weights (``pretrained=True``
-    loads the backbone's)."""
+    defaults without one; ``pool_size``, the multi-stage map's size at that input size for MSCSA
+    pooling to 1/``pool_stride``; ``first_conv``, the path of the backbone's input conv in the model.
+    No weight source: MSCSA has no published weights (``pretrained=True`` loads the backbone's)."""
     cfg: dict[str, Any] = dict(
         num_classes=1000, input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.875,
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, fixed_input_size=False, classifier="head.fc",
@@ -60,7 +62,16 @@ def mscsa_pretrained_cfg(source: Any = None) -> dict[str, Any]:
     if source is not None:
         get = source.get if isinstance(source, dict) else lambda key: getattr(source, key, None)
         cfg.update({key: get(key) for key in _DATA_KEYS if get(key) is not None})
+    cfg["pool_size"] = expected_pool_size(cfg["input_size"][-2:], pool_stride)
+    cfg["first_conv"] = first_conv
     return cfg
+
+
+def expected_pool_size(input_size: Sequence[int], pool_stride: int) -> tuple[int, int]:
+    """The multi-stage map's size for an input of ``input_size`` (H, W): each stage of a backbone
+    halves its input rounding up (stride 4 = ceil(H / 4)...), and MSCSA pools to 1/``pool_stride``."""
+    stage_sizes = [(-(-int(input_size[0]) // s), -(-int(input_size[1]) // s)) for s in MSCSA_STRIDES]
+    return pooled_size(stage_sizes, pool_stride)
 
 
 class MSCSAParts(NamedTuple):
@@ -101,42 +112,6 @@ class MSCSAAddOn(nn.Module):
     def forward(self, *stage_maps: torch.Tensor):
         x = self.mscsa(stage_maps)
         return self.head(x) if self.head is not None else self.fusion(x, stage_maps)
-
-
-@contextlib.contextmanager
-def _batchnorm_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """BN layers of ``module`` that leave their running statistics unchanged: a checkpointed
-    block's recomputation in backward must not update them a second time."""
-    layers = [m for m in module.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in layers]
-    for m in layers:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch statistic
-    try:
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-
-
-class CheckpointedBlocks(nn.Sequential):
-    """The MSCSA blocks (same children and state_dict keys as ``nn.Sequential``); with
-    ``grad_checkpointing`` each block's activations are recomputed in backward instead of stored.
-    Drop path draws the same numbers again (RNG state preserved) and BN statistics update once."""
-
-    grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self:
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False,
-                               context_fn=lambda b=block: (contextlib.nullcontext(), _batchnorm_stats_frozen(b)))
-            else:
-                x = block(x)
-        return x
 
 
 def _covering_prefixes(groups: list[list[str]]) -> list[str]:
@@ -225,10 +200,21 @@ class MSCSANet(nn.Module):
         ]
         self.grad_checkpointing = False
         self.is_fused = False
-        # timm.create_model replaces this by the registered config; direct builds keep the backbone's data settings.
-        self.pretrained_cfg = mscsa_pretrained_cfg(getattr(self.backbone.model, "pretrained_cfg", None))
-        self.pretrained_cfg["first_conv"] = self.first_conv()
-        self.default_cfg = self.pretrained_cfg
+        # timm.create_model replaces this by the registered config (then completed by ``complete_cfg``);
+        # direct builds keep the backbone's data settings.
+        self.pretrained_cfg = self.default_cfg = self.complete_cfg(
+            mscsa_pretrained_cfg(getattr(self.backbone.model, "pretrained_cfg", None)))
+
+    def complete_cfg(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """``cfg`` with what depends on this model's build: ``first_conv``, ``pool_size`` (the size of
+        what ``forward_features`` returns at ``input_size``: the multi-stage map for classification)
+        and ``input_size``'s channels."""
+        cfg = dict(cfg)
+        input_size = tuple(cfg.get("input_size") or (3, 224, 224))
+        cfg["input_size"] = (self.in_chans, *input_size[1:])
+        cfg["pool_size"] = expected_pool_size(input_size[1:], self.mscsa.aggregation.pool_stride)
+        cfg["first_conv"] = self.first_conv()
+        return cfg
 
     @property
     def global_pool(self) -> str:
@@ -247,20 +233,33 @@ class MSCSANet(nn.Module):
         return None
 
     # -------------------------------------------------------------- forward
-    def _forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(MSCSA multi-stage map, the four maps feature_info describes)."""
+    def _forward_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(what ``forward_features`` returns for classification, the maps feature_info describes):
+        the MSCSA multi-stage map and the four stage (dense: fused) maps; after pruning to an
+        earlier stage, that stage's map and the stage maps up to it."""
         stages = self.backbone(x)
+        if self.mscsa is None:  # pruned: the features end at the last kept stage
+            maps = self._tap(stages)
+            return maps[-1], maps
         mscsa_map = self.mscsa(stages)
         maps = stages if self.fusion is None else self.fusion(mscsa_map, stages)
-        return mscsa_map, [tap(m) for tap, m in zip(self.stage_maps, maps)]
+        return mscsa_map, self._tap(maps)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Classification: the MSCSA multi-stage map (B x num_features x h x w). Dense: the four
-        fused maps (strides 4..32)."""
-        mscsa_map, maps = self._forward_maps(x)
-        return mscsa_map if self.fusion is None else maps
+    def _tap(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The maps through the parameter-free ``stage_maps`` modules (so hooks see them)."""
+        tapped: List[torch.Tensor] = []
+        for index, tap in enumerate(self.stage_maps):
+            tapped.append(tap(maps[index]))
+        return tapped
 
-    def forward_head(self, x: torch.Tensor | list[torch.Tensor], pre_logits: bool = False):
+    def forward_features(self, x: torch.Tensor):
+        """Classification: the MSCSA multi-stage map (B x num_features x h x w), or after
+        ``prune_intermediate_layers`` to an earlier stage that stage's map. Dense: the four fused
+        maps (strides 4..32)."""
+        final, maps = self._forward_maps(x)
+        return final if self.fusion is None else maps
+
+    def forward_head(self, x, pre_logits: bool = False):
         """Classification: logits, or with ``pre_logits`` the pooled MSCSA features (the map itself
         when ``global_pool=''``). Dense: the fused maps unchanged (there is no head)."""
         if self.head is None:
@@ -268,7 +267,12 @@ class MSCSANet(nn.Module):
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor):
-        return self.forward_head(self.forward_features(x))
+        # forward_head(forward_features(x)), written out so that TorchScript sees one output type per
+        # task (its branches on the head are resolved when the model is scripted).
+        final, maps = self._forward_maps(x)
+        if self.head is None:
+            return maps
+        return self.head(final)
 
     def forward_intermediates(
         self,
@@ -284,9 +288,9 @@ class MSCSANet(nn.Module):
         ``norm`` and ``stop_early`` change nothing (MSCSA needs all four stages; there is no final norm)."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ConfigError(f"output_fmt={output_fmt!r}: choose 'NCHW' or 'NHWC'")
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        take_indices, _ = feature_take_indices(len(self.stage_maps), indices)
         if intermediates_only and self.fusion is None:  # the stage maps need no MSCSA
-            final, maps = None, [tap(m) for tap, m in zip(self.stage_maps, self.backbone(x))]
+            final, maps = None, self._tap(self.backbone(x))
         else:
             final, maps = self._forward_maps(x)
         intermediates = [maps[i] for i in take_indices]
@@ -296,9 +300,22 @@ class MSCSANet(nn.Module):
 
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        """For timm's feature getter: the classifier goes (MSCSA stays: every map needs all stages)."""
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        if prune_head and self.head is not None:
+        """Keep what the maps picked by ``indices`` need (timm's contract, as ``FeatureGetterNet`` uses it).
+
+        Classification, last wanted map before the last stage: MSCSA needs all four stages, so MSCSA,
+        the head and the backbone's later stages go; ``forward_features`` then returns the last kept
+        stage's map and ``forward`` that map (no classifier; ``reset_classifier`` adds one).
+        Otherwise only the classifier goes (with ``prune_head``). A dense model keeps everything:
+        each fused map needs MSCSA and so all four stages. ``prune_norm``: there is no final norm."""
+        take_indices, max_index = feature_take_indices(len(self.stage_maps), indices)
+        if self.fusion is None and self.mscsa is not None and max_index < len(self.stage_maps) - 1:
+            self.backbone.prune(max_index)
+            self.mscsa = None
+            self.stage_maps = self.stage_maps[: max_index + 1]
+            self.num_features = self.head_hidden_size = self.backbone.channels[max_index]
+            self.head = ClassificationHead(self.num_features, 0, self.drop_rate, "")  # no parameters
+            self.num_classes = 0
+        elif prune_head and self.head is not None:
             self.reset_classifier(0, "")
         return take_indices
 
@@ -314,7 +331,8 @@ class MSCSANet(nn.Module):
             raise ConfigError("a dense MSCSA model has no classifier to reset: build it with task='classification'")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ConfigError(f"num_classes must be a whole number >= 0, got {num_classes!r}")
-        self.head.reset(num_classes, global_pool)
+        like = next(self.parameters())  # a new head goes where the model is, in its dtype
+        self.head.reset(num_classes, global_pool, device=like.device, dtype=like.dtype)
         self.num_classes = num_classes
         if self.is_fused:
             self.head.fuse()
@@ -350,7 +368,7 @@ class MSCSANet(nn.Module):
         """Recompute activations in backward instead of storing them: each MSCSA block, and the
         backbone's stages where timm supports it for that backbone (``backbone.grad_checkpointing``)."""
         self.grad_checkpointing = enable
-        if isinstance(self.mscsa.blocks, CheckpointedBlocks):
+        if self.mscsa is not None and isinstance(self.mscsa.blocks, CheckpointedBlocks):
             self.mscsa.blocks.grad_checkpointing = enable
         self.backbone.set_grad_checkpointing(enable)
 
@@ -377,8 +395,8 @@ class MSCSANet(nn.Module):
         """Architecture facts a user wants before profiling: stages, widths, token counts per scale.
         ``stage_sizes``: the four stage map sizes at ``input_size`` when the caller has observed them
         (``analysis.observe``); otherwise one backbone pass finds them."""
-        from mscsa_lab.models.mscsa import pooled_size, scale_sizes
-
+        if self.mscsa is None:
+            raise ConfigError("this model was pruned to an earlier stage (prune_intermediate_layers): it has no MSCSA")
         height, width = input_size
         if stage_sizes is None:
             with torch.no_grad():

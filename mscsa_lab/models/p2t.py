@@ -13,7 +13,9 @@ first, 3x3 stride-2 convs after it, each followed by LayerNorm), so the stage ma
 * IRB (inverted residual block): fc -> Hardswish -> depthwise 3x3 conv -> Hardswish -> fc.
 
 Each stage ends with a LayerNorm; its output is an NCHW map. Any input size works (the pooled
-sizes follow the map, at least 1x1).
+sizes follow the map, at least 1x1). The model scripts (TorchScript) and traces (torch.fx): each
+pooling is a ``RatioAvgPool`` module, registered with timm as a leaf that tracing does not enter
+(its output size is computed from the input's, which a symbolic trace cannot turn into numbers).
 
     >>> import timm, mscsa_lab.models.p2t
     >>> model = timm.create_model("p2t_tiny")                       # ImageNet classifier
@@ -26,21 +28,36 @@ from typing import List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
 from timm.models._features import feature_take_indices
 from torch import nn
 
-__all__ = ["P2T", "P2TStage", "P2TBlock", "PoolingAttention", "InvertedResidualFFN", "OverlapPatchEmbed"]
+__all__ = ["P2T", "P2TStage", "P2TBlock", "PoolingAttention", "RatioAvgPool", "InvertedResidualFFN",
+           "OverlapPatchEmbed"]
 
 # Pooling ratios of P2T per stage: with a 224 input each stage pools to 5x5, 4x4, 3x3 and 2x2
 # (7x7, 4x4, 2x2 and 2x2 in the last stage).
 DEFAULT_POOL_RATIOS = ((12, 16, 20, 24), (6, 8, 10, 12), (3, 4, 5, 6), (1, 2, 3, 4))
 
 
-def pooled_sizes(height: int, width: int, ratios: Sequence[int]) -> List[Tuple[int, int]]:
+def pooled_sizes(height: int, width: int, ratios: List[int]) -> List[Tuple[int, int]]:
     """The output size of each pooling: ``round(H / r) x round(W / r)``, at least 1x1."""
-    return [(max(1, round(height / r)), max(1, round(width / r))) for r in ratios]
+    return [(max(1, int(round(height / r))), max(1, int(round(width / r)))) for r in ratios]
+
+
+@register_notrace_module  # a leaf for torch.fx: its output size is computed from its input's size
+class RatioAvgPool(nn.Module):
+    """Adaptive average pooling of an NCHW map to ``round(H / ratio) x round(W / ratio)`` (at least 1x1)."""
+
+    def __init__(self, ratio: int) -> None:
+        super().__init__()
+        self.ratio = int(ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # int(): plain numbers under torch.jit.trace too (fvcore counts FLOPs on such a trace)
+        size = pooled_sizes(int(x.shape[-2]), int(x.shape[-1]), [self.ratio])[0]
+        return F.adaptive_avg_pool2d(x, size)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -74,6 +91,7 @@ class PoolingAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.pool_ratios = tuple(int(r) for r in pool_ratios)
+        self.pools = nn.ModuleList([RatioAvgPool(r) for r in self.pool_ratios])  # no parameters
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         # One depthwise 3x3 conv per pooled map, added as a residual (relative position encoding).
@@ -87,11 +105,10 @@ class PoolingAttention(nn.Module):
 
     def pooled_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, S, C): the pyramid of pooled maps as S tokens, LayerNormed."""
-        height, width = int(x.shape[1]), int(x.shape[2])  # plain ints, also when traced
         x = x.permute(0, 3, 1, 2)
-        tokens = []
-        for size, conv in zip(pooled_sizes(height, width, self.pool_ratios), self.pool_convs):
-            pooled = F.adaptive_avg_pool2d(x, size)
+        tokens: List[torch.Tensor] = []
+        for pool, conv in zip(self.pools, self.pool_convs):
+            pooled = pool(x)
             pooled = pooled + conv(pooled)
             tokens.append(pooled.flatten(2))
         return self.norm(torch.cat(tokens, dim=2).transpose(1, 2))
@@ -228,7 +245,7 @@ class P2T(nn.Module):
         self.grad_checkpointing = False
 
         total = sum(depths)
-        rates = [x.item() for x in torch.linspace(0, drop_path_rate, total)] if total else []
+        rates = calculate_drop_path_rates(drop_path_rate, total)  # computed on the CPU: builds on any device
         stages, feature_info = [], []
         prev_dim, reduction, start = in_chans, 1, 0
         for i in range(num_stages):
@@ -295,10 +312,13 @@ class P2T(nn.Module):
         unless ``intermediates_only``. Every stage already ends in its own LayerNorm, so ``norm``
         changes nothing."""
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise ValueError("output_fmt must be 'NCHW', got " + output_fmt)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice by a variable
+            stages = self.stages
+        else:
+            stages = self.stages[: max_index + 1]
+        intermediates: List[torch.Tensor] = []
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
