@@ -16,10 +16,6 @@ import os
 from typing import Any, Callable
 
 import pytest
-import timm
-import timm.models
-
-import mscsa_lab  # noqa: F401 - registers the *_mscsa models with timm
 
 SUFFIX = "_mscsa"
 # Markers timm's pyproject.toml declares (the test module uses them; we do not read timm's config).
@@ -39,6 +35,13 @@ def narrowed(list_models: Callable[..., list[str]]) -> Callable[..., list[str]]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Imported here, once pytest has set up its plugins: timm's hub client imports anyio, itself a
+    # pytest plugin, which pytest wants to see first.
+    import timm
+    import timm.models
+
+    import mscsa_lab  # noqa: F401 - registers the *_mscsa models with timm
+
     for name in TIMM_MARKERS:
         config.addinivalue_line("markers", f"{name}: timm's marker")
     config.addinivalue_line("markers", "timm_suite: timm's own tests/test_models.py over the *_mscsa models")
@@ -46,8 +49,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "timeout(seconds): pytest-timeout's marker (plugin not installed)")
     original = timm.list_models
     timm.list_models = timm.models.list_models = narrowed(original)
-    config.add_cleanup(lambda: setattr(timm, "list_models", original)
-                       or setattr(timm.models, "list_models", original))
+
+    def restore() -> None:
+        timm.list_models = timm.models.list_models = original
+
+    config.add_cleanup(restore)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
