@@ -214,28 +214,30 @@ def _check_plain_state(saved: dict, fresh: dict, what: str, path: Any) -> None:
             raise _refuse(path, f"its {what} state has a field {_shown(key)} that the {what} does not have")
         mine = fresh[key]
         if isinstance(mine, str) or isinstance(value, str):
-            ok = value == mine
+            ok, expected = value == mine, repr(mine)
         elif isinstance(mine, bool) or isinstance(value, bool):
-            ok = isinstance(value, bool) or value is None
+            ok, expected = isinstance(value, bool) or value is None, "true or false"
         elif isinstance(mine, (list, tuple)):
             ok = isinstance(value, (list, tuple)) and len(value) == len(mine) and all(
                 _finite_number(v) and 0 <= v <= MAX_STEPS for v in value)
+            expected = f"a list of {len(mine)} numbers from 0 to {MAX_STEPS}"
         else:
             ok = value is None or (_finite_number(value) and -MAX_STEPS <= value <= MAX_STEPS)
+            expected = "a finite number"
         if not ok:
-            raise _refuse(path, f"its {what}'s {key} is {_shown(value)}, not {_shown(mine)}'s kind of value")
+            raise _refuse(path, f"its {what}'s {key} is {_shown(value)}, expected {expected}")
 
 
 def _weights(model: nn.Module, state: dict, name: str, path: Any) -> dict[str, torch.Tensor]:
     from mscsa_lab.io.checkpoints import CheckpointError, fit_state_dict
 
     try:
-        fitted = fit_state_dict(model, state, f"its {name}")
+        fitted = fit_state_dict(model, state, name)
     except CheckpointError as error:
         raise _refuse(path, str(error)) from None
     bad = [k for k, v in fitted.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise _refuse(path, f"its {name} hold NaN or infinite values ({', '.join(bad[:3])})")
+        raise _refuse(path, f"{name} holds NaN or infinite values ({', '.join(bad[:3])})")
     return fitted
 
 
@@ -252,14 +254,14 @@ def restore_state(resume_state: dict[str, Any], model: nn.Module, optimizer, sch
         raise TrainingInputError(f"cannot resume from {shown_name(path)}: the run was trained on the classes "
                                  f"{_shown(resume_state['classes'])}, the data now has {_shown(classes)}: resume on "
                                  f"the same data, or start a new run")
-    model.load_state_dict(_weights(model, resume_state["model"], "weights", path))
+    model.load_state_dict(_weights(model, resume_state["model"], "last/model.safetensors", path))
     _check_optimizer(resume_state["optimizer"], optimizer, path)
     same_schedule = resume_state.get("total_steps") == total_steps
     if scheduler is not None and resume_state.get("scheduler") and same_schedule:
         _check_plain_state(resume_state["scheduler"], scheduler.state_dict(), "scheduler", path)
     if scaler is not None and resume_state.get("scaler"):
         _check_plain_state(resume_state["scaler"], scaler.state_dict(), "grad scaler", path)
-    ema_weights = _weights(ema.module, resume_state["ema"], "EMA weights", path) \
+    ema_weights = _weights(ema.module, resume_state["ema"], "last/ema.safetensors", path) \
         if ema is not None and "ema" in resume_state else None
     global_step, start_epoch = int(resume_state["global_step"]), int(resume_state["epoch"])
     same_world = int(resume_state.get("world_size", 1)) == info.world_size

@@ -139,6 +139,15 @@ class FolderScan:
         self.check()
         return sorted(found, key=lambda p: natural_key(str(p)))
 
+    def _relative(self, item: str) -> str:
+        """A path as the data folder's users know it (inside the folder), else as it is."""
+        for base in (self.given, self.root):
+            try:
+                return str(Path(item).relative_to(base))
+            except ValueError:
+                continue
+        return item
+
     def notes(self) -> list[str]:
         """What the walk left out, for the run's notes (a few names each, never a wall)."""
         notes = []
@@ -148,7 +157,7 @@ class FolderScan:
                                             "once"),
                             (self.unreadable, "folder(s) that could not be read")):
             if items:
-                shown = ", ".join(shown_name(item, 80) for item in items[:3])
+                shown = ", ".join(shown_name(self._relative(item), 80) for item in items[:3])
                 more = f" and {len(items) - 3} more" if len(items) > 3 else ""
                 notes.append(f"skipped {len(items)} {what}: {shown}{more}")
         return notes
