@@ -12,8 +12,8 @@ from mscsa_lab.workflows.limits import ResourceError, ResourceLimits, guard
 from mscsa_lab.workflows.result import ActionResult
 from mscsa_lab.workflows.spec import ModelSpec
 
-__all__ = ["train_action", "evaluate_action", "ablate_action", "training_spec", "check_disk", "train_summary",
-           "planned_tokens", "tokens_text"]
+__all__ = ["train_action", "evaluate_action", "ablate_action", "curves_action", "training_spec", "check_disk",
+           "train_summary", "planned_tokens", "tokens_text"]
 
 DISK_HEADROOM_BYTES = 512 * 2**20
 
@@ -130,6 +130,21 @@ def evaluate_action(model_dir: str, data: str, *, out: str | None = None, split:
                f"on {result.count} images")
     return ActionResult(title=table.title, table=table, summary=summary, files=[Path(p) for p in paths.values()],
                         data={"result": result})
+
+
+def curves_action(folders: Sequence[str | Path], root: str | Path | None = None, title: str = "") -> ActionResult:
+    """The loss and accuracy curves of several runs overlaid, read from their ``history.csv`` files (so they
+    survive a page reload or a server restart); ``root``: the folder every run must be inside."""
+    from mscsa_lab.io.curves import plot_run_curves, read_history
+
+    histories = {Path(folder).name: read_history(folder, root) for folder in folders}
+    figure = plot_run_curves(histories, title)
+    lines = []
+    for name, frame in histories.items():
+        last = f", last at step {int(frame['step'].iloc[-1])}" if len(frame) else ""
+        lines.append(f"**{name}**: {len(frame)} logged steps{last}")
+    return ActionResult(title="Training curves of " + ", ".join(histories), figures={"curves": figure},
+                        summary="; ".join(lines), data={"histories": histories})
 
 
 def _evaluate_distilled(model_dir: str, data: str, out: str | None, split: str, batch: int,
