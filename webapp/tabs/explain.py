@@ -134,16 +134,16 @@ def render_explain(context: AppContext, shared: Shared) -> None:
                 "photos, then the Saliency tab shows which keys and values, at which scale, MSCSA uses for the "
                 "backbone's classes.")
     with gr.Row():
-        photos = gr.File(label="Photos", file_count="multiple", type="filepath", elem_id="explain-photos")
+        photos = gr.File(label="Photos", file_count="multiple", type="filepath", elem_id="explain-photos", height=150)
         folder = gr.File(label="or a folder of photos", file_count="directory", type="filepath",
-                         elem_id="explain-folder")
+                         elem_id="explain-folder", height=150)
     with gr.Row():
         backbone = gr.Textbox("resnet50", label="Backbone (timm name)", elem_id="explain-backbone")
         pretrained = gr.Checkbox(True, label="timm's pretrained weights", elem_id="explain-pretrained")
         weights = gr.File(label="or its weights file (whole model, classifier included)", type="filepath",
-                          file_types=[".safetensors", ".pth", ".pt", ".bin"], elem_id="explain-weights")
+                          file_types=[".safetensors", ".pth", ".pt", ".bin"], elem_id="explain-weights", height=120)
         classes = gr.File(label="Class names (optional JSON list)", type="filepath", file_types=[".json"],
-                          elem_id="explain-classes")
+                          elem_id="explain-classes", height=120)
     with gr.Row():
         size = gr.Radio(list(SIZE_CHOICES), value=SIZE_CHOICES[0], label="Image size (larger: finer maps)",
                         elem_id="explain-size")
