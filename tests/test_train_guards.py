@@ -102,7 +102,7 @@ def test_a_link_swapped_in_after_the_scan_is_refused_when_read(tmp_path):
     victim = data / "cats" / "0.png"
     victim.unlink()
     victim.symlink_to(outside / "x" / "0.png")
-    index = source.train.dataset.files.index(victim)
+    index = source.train.dataset.files.index(str(victim))
     with pytest.raises(TrainingInputError, match="0.png.* cannot be read .*points outside"):
         source.train.dataset[index]
 

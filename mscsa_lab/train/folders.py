@@ -13,6 +13,7 @@ seeded split is the one earlier versions made with timm's reader.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,10 @@ class DataSource:
 class ImageFiles(Dataset):
     """Image files as ``(image, target)`` items, each read through ``load_image`` (size cap, allowed
     formats only, EXIF orientation, RGB) and, with ``root``, only from inside that folder. Without
-    ``targets`` every target is 0 (distillation: the teacher gives the targets)."""
+    ``targets`` every target is 0 (distillation: the teacher gives the targets). ``files`` are kept as
+    given (the scans give strings: a million ``Path`` objects would cost seconds)."""
 
-    def __init__(self, files: Sequence[Path], transform=None, targets: Sequence[int] | None = None,
+    def __init__(self, files: Sequence[str | Path], transform=None, targets: Sequence[int] | None = None,
                  root: str | Path | None = None) -> None:
         self.files = list(files)
         self.targets = list(targets) if targets is not None else [0] * len(self.files)
@@ -90,7 +92,7 @@ def _suffixes_text() -> str:
     return " ".join(sorted(IMAGE_SUFFIXES))
 
 
-def _class_folders(scan: FolderScan, folder: Path) -> tuple[dict[str, list[Path]], int]:
+def _class_folders(scan: FolderScan, folder: Path) -> tuple[dict[str, list[str]], int]:
     """(class name -> its image files, every level) for each visible sub-folder of ``folder``, and
     how many images lie directly in ``folder``."""
     classes: dict[str, list[Path]] = {}
@@ -98,13 +100,13 @@ def _class_folders(scan: FolderScan, folder: Path) -> tuple[dict[str, list[Path]
     scan.enter(folder)
     for path, is_folder in scan.entries(folder):
         if is_folder:
-            classes[path.name] = scan.files(path)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            classes[os.path.basename(path)] = scan.files(path)
+        elif os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
             loose += 1
     return dict(sorted(classes.items())), loose
 
 
-def _check_classes(folder: Path, classes: dict[str, list[Path]], loose: int, role: str,
+def _check_classes(folder: Path, classes: dict[str, list[str]], loose: int, role: str,
                    known: Sequence[str] | None = None) -> None:
     if not classes:
         hint = (f" ({loose} images lie directly in it: put each class's images in a sub-folder named "
@@ -127,12 +129,12 @@ def _check_classes(folder: Path, classes: dict[str, list[Path]], loose: int, rol
                                  f"least two class folders of images")
 
 
-def _labelled(classes: dict[str, list[Path]], class_to_idx: dict[str, int], root: Path) -> ImageFiles:
+def _labelled(classes: dict[str, list[str]], class_to_idx: dict[str, int], root: Path) -> ImageFiles:
     """One dataset of every class's images, in natural order of their paths (timm's order)."""
     from timm.utils.misc import natural_key
 
     samples = sorted(((path, class_to_idx[name]) for name, files in classes.items() for path in files),
-                     key=lambda item: natural_key(str(item[0])))
+                     key=lambda item: natural_key(item[0]))
     return ImageFiles([p for p, _ in samples], targets=[t for _, t in samples], root=root)
 
 
@@ -243,15 +245,15 @@ def scan_images(data: str, *, val_fraction: float = 0.2, seed: int = 0, syntheti
     val_dir = next((root / name for name in VAL_FOLDER_NAMES if (root / name).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:
         scan.enter(root)  # a link back to the data folder is not walked again
-        train_files, held_files = sorted(scan.files(root / "train")), sorted(scan.files(val_dir))
+        train_files, held_files = _path_order(scan.files(root / "train")), _path_order(scan.files(val_dir))
         kind, how = "folders", f"{root / 'train'} and {val_dir}"
     else:
-        files = sorted(scan.files(root))
+        files = _path_order(scan.files(root))
         order = list(range(len(files)))
         random.Random(seed).shuffle(order)
         n_held = min(max(1, round(val_fraction * len(files))), len(files) - 1) if len(files) >= 2 else 0
-        held_files = sorted(files[i] for i in order[:n_held])
-        train_files = sorted(files[i] for i in order[n_held:])
+        held_files = _path_order([files[i] for i in order[:n_held]])
+        train_files = _path_order([files[i] for i in order[n_held:]])
         kind, how = "split", f"{root} (seeded split, fraction {val_fraction}, seed {seed})"
     if not train_files:
         raise TrainingInputError(f"no images in {str(root)!r} (looked for {_suffixes_text()}, in it and its "
@@ -261,6 +263,11 @@ def scan_images(data: str, *, val_fraction: float = 0.2, seed: int = 0, syntheti
     description = f"{how}: {len(train_files)} training and {len(held_files)} held-out images (labels unused)"
     return DataSource(kind, str(root), [], train, held, len(train_files), len(held_files), description, train, held,
                       scan.notes())
+
+
+def _path_order(paths: list[str]) -> list[str]:
+    """Paths in ``pathlib``'s order (folder by folder), the order of the unlabelled splits made so far."""
+    return sorted(paths, key=lambda path: path.split(os.sep))
 
 
 def repeat_dataset(dataset: Dataset, times: int) -> Dataset:

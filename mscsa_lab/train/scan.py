@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from timm.data.readers.img_extensions import get_img_extensions
-from timm.utils.misc import natural_key
 
 from mscsa_lab.io.guarded import shown_name
 from mscsa_lab.stopping import Cancelled, StopFlag, should_stop
@@ -76,7 +75,7 @@ class FolderScan:
                 f"Copy the images to a local folder, or raise the time cap (TrainConfig.scan_max_s, --scan-max-s)")
 
     # ------------------------------------------------------------------ walking
-    def enter(self, folder: Path) -> bool:
+    def enter(self, folder: str | Path) -> bool:
         """Mark ``folder`` as walked; False when it was walked already (a loop or a second link to it)."""
         try:
             info = os.stat(folder)
@@ -90,10 +89,10 @@ class FolderScan:
         self._visited.add(key)
         return True
 
-    def entries(self, folder: Path) -> list[tuple[Path, bool]]:
-        """(path, is a folder) of ``folder``'s visible entries that stay inside the data folder, in
-        natural order. Links are followed only to targets inside it; anything but regular files and
-        folders is left out."""
+    def entries(self, folder: str | Path) -> list[tuple[str, bool]]:
+        """(path, is a folder) of ``folder``'s visible entries that stay inside the data folder, in the
+        order the file system lists them (``files`` sorts). Links are followed only to targets inside it;
+        anything but regular files and folders is left out."""
         found = []
         try:
             with os.scandir(folder) as listing:
@@ -103,10 +102,9 @@ class FolderScan:
                         continue
                     kind = self._kind(entry)
                     if kind is not None:
-                        found.append((Path(entry.path), kind == "folder"))
+                        found.append((entry.path, kind == "folder"))
         except OSError as error:
             self.unreadable.append(f"{folder} ({error.strerror or error})")
-        found.sort(key=lambda item: natural_key(item[0].name))
         return found
 
     def _kind(self, entry: os.DirEntry) -> str | None:
@@ -124,20 +122,21 @@ class FolderScan:
             return None
         return None
 
-    def files(self, folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
-        """Image files under ``folder`` (every level), in natural order of their paths."""
-        found: list[Path] = []
-        pending = [folder] if self.enter(folder) else []
+    def files(self, folder: str | Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[str]:
+        """Paths (strings: a million ``Path`` objects cost seconds) of the image files under ``folder``, at
+        every level, in no particular order (callers sort)."""
+        found: list[str] = []
+        pending = [str(folder)] if self.enter(folder) else []
         while pending:
             current = pending.pop()
             for path, is_folder in self.entries(current):
                 if is_folder:
                     if self.enter(path):
                         pending.append(path)
-                elif path.suffix.lower() in suffixes:
+                elif os.path.splitext(path)[1].lower() in suffixes:
                     found.append(path)
         self.check()
-        return sorted(found, key=lambda p: natural_key(str(p)))
+        return found
 
     def _relative(self, item: str) -> str:
         """A path as the data folder's users know it (inside the folder), else as it is."""
