@@ -24,7 +24,7 @@ from mscsa_lab.train import TrainConfig, TrainingInputError, evaluate_trained, t
 from mscsa_lab.train.data import build_transforms, data_config_for, scan_data, scan_images
 from mscsa_lab.train.distill import TeacherOutputs, distillation_loss
 from mscsa_lab.train.parts import augmentation_settings
-from mscsa_lab.train.teacher import imagenet_class_names, load_teacher, read_class_names
+from mscsa_lab.train.teacher import imagenet_class_names, load_teacher, read_class_names, teacher_class_count
 
 ROOT = Path(__file__).resolve().parent.parent
 NARROW = {"channels": [32, 64, 128, 256]}
@@ -257,3 +257,58 @@ def test_two_processes_save_the_batchnorm_statistics_they_evaluated_with(tmp_pat
     evaluation, _ = evaluate_trained(tmp_path / "run", "synthetic")
     assert evaluation.top1 == pytest.approx(meta["metrics"]["top1"], abs=1e-6)
     assert evaluation.loss == pytest.approx(meta["metrics"]["loss"], abs=1e-4)
+
+
+def test_a_distillation_run_is_costed_at_the_backbones_size_with_the_teachers_classes(tmp_path):
+    from mscsa_lab.workflows.training import training_spec
+
+    weights = tmp_path / "t.safetensors"
+    save_timm(weights, 7, **NARROW)
+    assert teacher_class_count("resnet10t", str(weights)) == 7
+    (tmp_path / "names.json").write_text(json.dumps(list("abcdefg")))
+    assert teacher_class_count("resnet10t", None, str(tmp_path / "names.json")) == 7
+    assert teacher_class_count("resnet10t") == 1000  # timm's ImageNet head
+    spec = training_spec(TrainConfig(data="photos", mode="distill", backbone="resnet10t", backbone_kwargs=NARROW,
+                                     pretrained_file=str(weights)))
+    assert spec.num_classes == 7 and spec.input_size == (224, 224)  # img_size None: the backbone's own
+    assert training_spec(TrainConfig(backbone="resnet50", img_size=None)).input_size == (288, 288)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_command_line_distils_with_every_option_and_evaluates_agreement(tmp_path):
+    photos = write_shapes_folder(tmp_path / "photos", 12, 48, seed=4, flat=True)
+    weights = tmp_path / "teacher.safetensors"
+    save_timm(weights, 5, **NARROW)
+    (tmp_path / "names.json").write_text(json.dumps([f"t-{c}" for c in CLASSES]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    common = ["--backbone", "resnet10t", "--backbone-arg", "channels=[32,64,128,256]", "--set", "pool_stride=8",
+              "--set", "num_heads=4", "--set", "key_dim=16"]
+    trained = subprocess.run([sys.executable, "-m", "mscsa_lab", "train", "--mode", "distill", "--data", str(photos),
+                              *common, "--pretrained-file", str(weights), "--teacher-classes", str(tmp_path / "names.json"),
+                              "--temperature", "2", "--img-size", "48", "--max-steps", "3", "-b", "4", "--repeat", "2",
+                              "--scale", "0.5", "1", "--ratio", "0.9", "1.1", "--hflip", "0", "--color-jitter", "0.1",
+                              "--aa", "none", "--workers", "0", "--no-progress", "--out", str(out)],
+                             capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "scanning the data" in trained.stderr and "agreement with the teacher" in trained.stderr
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["mode"] == "distill" and meta["classes"] == [f"t-{c}" for c in CLASSES]
+    assert meta["training"]["temperature"] == 2.0 and meta["input_size"] == [48, 48]
+    augmentation = meta["training"]["augmentation"]
+    assert augmentation["scale"] == [0.5, 1.0] and augmentation["ratio"] == [0.9, 1.1] and augmentation["hflip"] == 0
+    assert augmentation["color_jitter"] == 0.1 and augmentation["auto_augment"] is None
+    assert meta["training"]["config"]["repeat"] == 2
+
+    evaluated = subprocess.run([sys.executable, "-m", "mscsa_lab", "evaluate", str(out), "--data", str(photos),
+                                "--split", "all"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "agreement with the teacher: top-1" in evaluated.stdout and "on 12 images" in evaluated.stdout
+    agreement = json.loads((out / "eval" / "agreement.json").read_text())
+    assert agreement["images"] == 12 and 0 <= agreement["agreement_top1"] <= 100
+
+    again = subprocess.run([sys.executable, "-m", "mscsa_lab", "train", "--mode", "distill", "--data", str(photos),
+                            *common, "--pretrained-file", str(weights), "--out", str(out)],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert again.returncode == 2 and "holds a finished run" in again.stderr and "--overwrite" in again.stderr

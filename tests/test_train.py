@@ -69,7 +69,10 @@ def test_library_run_records_progress_writes_model_and_reloads(tmp_path):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert all(row["val_top1"] is not None for row in result.history)
-    kinds = [e.kind for e in events]
+    kinds = [e.kind for e in events if e.kind != "phase"]
+    phases = [e.message.split(" (")[0] for e in events if e.kind == "phase"]
+    assert phases[:3] == ["scanning the data", "building the model", "training"], phases
+    assert phases.count("evaluating on 10 held-out images") == 3 and phases[-1].startswith("writing the run's files")
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch") == 3 and kinds.count("step") == 15
     steps = [e for e in events if e.kind == "step"]
     assert [e.step for e in steps] == list(range(1, 16))
@@ -118,7 +121,8 @@ def test_stop_flag_and_resume_continue_where_the_run_left_off(tmp_path):
     assert (tmp_path / "a" / "last" / "state.pt").is_file() and (tmp_path / "a" / "model.safetensors").is_file()
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temporary leftovers
     starts = []
-    resumed = train(config.replace(out=str(tmp_path / "a"), resume=True), callbacks=[starts.append])
+    resumed = train(config.replace(out=str(tmp_path / "a"), resume=True),
+                    callbacks=[lambda e: starts.append(e) if e.kind != "phase" else None])
     assert starts[0].kind == "start" and starts[0].step == 3 and starts[0].epoch == 1
     assert resumed.status == "completed" and resumed.steps == 9
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
@@ -165,7 +169,7 @@ def test_single_folder_is_split_per_class_and_trains(tmp_path):
     held = sorted(source.val.indices)
     assert held == sorted(scan_data(str(tmp_path / "shapes"), val_fraction=0.4, seed=3).val.indices)
     assert held != sorted(scan_data(str(tmp_path / "shapes"), val_fraction=0.4, seed=4).val.indices)
-    targets = [source.val.dataset.reader.samples[i][1] for i in held]
+    targets = [source.val.dataset.targets[i] for i in held]
     assert sorted(set(targets)) == [0, 1, 2]
 
     result = train(tiny(data=str(tmp_path / "shapes"), batch_size=4, max_steps=2, val_fraction=0.4, seed=3,
@@ -209,7 +213,7 @@ def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
     assert "max_steps: 4/4 steps" in trained.stderr and "epoch 1/2" in trained.stderr
     meta = json.loads((out / "model.json").read_text())
     assert meta["classes"] == ["blue", "green", "red"] and meta["training"]["steps"] == 4
-    assert meta["command"].startswith("python -m mscsa_lab train --data")
+    assert meta["command"].startswith("mscsa-lab train --data")
     assert (out / "model.safetensors").is_file() and (out / "last" / "model.safetensors").is_file()
 
     evaluated = run_cli("evaluate", str(out), "--data", str(data))

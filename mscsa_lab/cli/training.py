@@ -13,9 +13,13 @@ TRAIN_EXAMPLES = """examples:
   mscsa-lab train --data synthetic --backbone resnet10t --img-size 96 --epochs 3 --out runs/shapes
   mscsa-lab train --data photos/ --profile resnet18 --mode mscsa-only --pretrained --out runs/r18
   mscsa-lab train --data photos/ --profile resnet18 --out runs/r18 --resume   # continue a run
+  mscsa-lab train --mode distill --data photos/ --backbone resnet50 --pretrained --out runs/r50   # explain it
+  mscsa-lab train --mode distill --data photos/ --backbone resnet10t --pretrained-file t.safetensors \
+      --teacher-classes classes.json --img-size 384 --max-steps 300 --out runs/mine
   mscsa-lab train --data synthetic --backbone resnet10t --set depth=2 --set squeeze_ratio=1/2 -b 16
   torchrun --nproc_per_node 4 -m mscsa_lab train --data imagenet/ --profile pvt_v2_b1 --amp bf16 --out runs/b1
   mscsa-lab evaluate runs/shapes --data synthetic
+  mscsa-lab evaluate runs/r50 --data more_photos/ --split all   # a distilled run: agreement with its teacher
 """
 ABLATE_EXAMPLES = """examples:
   mscsa-lab ablate demo --table 4 --seeds 0 1 --max-steps 300 -o table4_study.md -o table4_study.csv
@@ -23,7 +27,7 @@ ABLATE_EXAMPLES = """examples:
   mscsa-lab ablate topformer_tiny --table 4 --flops-only --digits 4
 """
 # The engine's choices (mscsa_lab.train.config.MODES / AMP_MODES), written out so that --help needs no torch.
-MODES = ("mscsa-only", "finetune", "scratch")
+MODES = ("mscsa-only", "finetune", "scratch", "distill")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
@@ -32,16 +36,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "train", help="train a backbone+MSCSA classifier on an image folder or the synthetic shapes",
         description="Train with timm's optimizers, schedulers, losses and transforms. Writes OUT/model.safetensors, "
                     "OUT/model.json (everything needed to rebuild the model), OUT/history.csv and the resumable "
-                    "OUT/last/ state (every epoch). Several GPUs or machines: start it with torchrun.",
+                    "OUT/last/ state (every epoch); a finished run in OUT is continued only with --resume and replaced only "
+                    "with --overwrite. Several GPUs or machines: start it with torchrun.",
         epilog=TRAIN_EXAMPLES, formatter_class=Formatter)
     train.add_argument("--data", required=True, metavar="DIR|synthetic",
                        help="'synthetic' (built-in shapes, offline) or a folder: train/ and val/ of class folders, or "
-                            "one folder of class folders split by --val-fraction")
+                            "one folder of class folders split by --val-fraction; with --mode distill any folder of "
+                            "images (labels unused)")
     train.add_argument("--backbone", help="any timm backbone with stages at strides 4..32 (e.g. resnet10t)")
     train.add_argument("--profile", help="a Table 7 profile (see 'profiles'), e.g. resnet18, pvt_v2_b0")
     train.add_argument("--mode", choices=MODES, default=None,
                        help="mscsa-only: backbone frozen, MSCSA+head train; finetune: all train; scratch: all train "
-                            "from random weights (default: finetune with --pretrained/--pretrained-file, else scratch)")
+                            "from random weights; distill: no labels needed, MSCSA+head learn to reproduce the "
+                            "pretrained backbone's own classifier (the teacher) on any folder of images (default: "
+                            "finetune with --pretrained/--pretrained-file, else scratch)")
     train.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     train.add_argument("-b", "--batch", "--batch-size", dest="batch", type=int, default=32,
@@ -59,7 +67,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--ema", action="store_true", help="keep an EMA of the weights (saved as the model)")
     train.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
     train.add_argument("--no-augment", action="store_true", help="no random crops/flips (evaluation transform)")
-    train.add_argument("--img-size", type=int, default=224, help="square input size (default: 224)")
+    train.add_argument("--scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                       help="random crop's share of the image area (default: timm's 0.08 1 at 224 px and above, a "
+                            "larger LOW below so small objects stay in the crop)")
+    train.add_argument("--ratio", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                       help="random crop's aspect ratios (default: 0.75 1.333)")
+    train.add_argument("--hflip", type=float, default=0.5, metavar="P", help="horizontal flip probability (default: 0.5)")
+    train.add_argument("--color-jitter", type=float, default=None, metavar="F",
+                       help="colour jitter strength (default: 0.4 for distill, else 0)")
+    train.add_argument("--aa", default=None, metavar="NAME",
+                       help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1; 'none' = off (default: RandAugment "
+                            "for distill, else off)")
+    train.add_argument("--repeat", type=int, default=None, metavar="N",
+                       help="times each training image is shown per epoch (default: 1; distill: enough for 25 steps "
+                            "per epoch, so a few dozen photos suffice)")
+    train.add_argument("--img-size", type=int, default=None,
+                       help="square input size (default: the backbone's own input size, at least 224; 384 or 448 "
+                            "give finer saliency maps)")
     train.add_argument("--val-fraction", type=float, default=0.2,
                        help="share held out when --data is one folder of class folders (default: 0.2)")
     train.add_argument("--synthetic-train", type=int, default=2000, help="synthetic training images (default: 2000)")
@@ -72,7 +96,16 @@ def register(commands: argparse._SubParsersAction) -> None:
                               "timm (fails at once, with what to do, when offline)")
     weights.add_argument("--pretrained-file", metavar="FILE",
                          help="start from backbone weights in this file (.safetensors, or .pth read weights-only)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ state")
+    train.add_argument("--teacher-classes", metavar="FILE",
+                       help="distill: a JSON list of the teacher's class names (default: a JSON file beside the weights "
+                            "file, ImageNet's names for 1000 classes, else 'class N')")
+    train.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                       help="distill: softmax temperature of the teacher's and the student's outputs (default: 1)")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ state")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (a finished run, or an unfinished run's last/ state, is "
+                            "otherwise never replaced)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--amp", choices=AMP_MODES, default="none",
                        help="bf16 or fp16 autocast (fp16 on CUDA only), or none = fp32 (default: none)")
@@ -91,6 +124,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs, 0 = at the end (default: 1)")
     train.add_argument("--log-every", type=int, default=1, help="progress update every N steps (default: 1)")
     train.add_argument("--no-progress", action="store_true", help="one line per epoch instead of a progress bar")
+    train.add_argument("--scan-max-files", type=int, default=5_000_000, metavar="N",
+                       help="refuse a data folder with more files and folders than this (default: 5000000)")
+    train.add_argument("--scan-max-s", type=float, default=600.0, metavar="S",
+                       help="refuse a data folder whose scan takes longer than this (default: 600 s)")
     train.set_defaults(func=run_train, _parser=train)
 
     evaluate = commands.add_parser(
@@ -100,7 +137,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                                            "model.json)")
     evaluate.add_argument("--data", required=True, metavar="DIR|synthetic", help="'synthetic' or an image folder")
     evaluate.add_argument("--split", choices=["val", "train", "all"], default="val",
-                          help="val: the held-out images as in training (default); train; all")
+                          help="val: the held-out images as in training (default); train; all (a distilled run: "
+                               "val or all, its agreement with the teacher)")
     evaluate.add_argument("--out", "--output", dest="out", default=None, metavar="DIR",
                           help="where to write the files (default: DIR/eval)")
     evaluate.add_argument("-b", "--batch", "--batch-size", dest="batch", type=int, default=64,
@@ -167,6 +205,10 @@ def run_train(args: argparse.Namespace) -> int:
         accum_steps=args.accum_steps, lr=args.lr, opt=args.opt, weight_decay=args.weight_decay, sched=args.sched,
         warmup_steps=args.warmup_steps, smoothing=args.smoothing, mixup=args.mixup, cutmix=args.cutmix,
         ema=args.ema, clip_grad=args.clip_grad, augment=not args.no_augment, val_fraction=args.val_fraction,
+        scale=tuple(args.scale) if args.scale else None, ratio=tuple(args.ratio) if args.ratio else None,
+        hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, repeat=args.repeat,
+        teacher_classes=args.teacher_classes, temperature=args.temperature, overwrite=args.overwrite,
+        scan_max_files=args.scan_max_files, scan_max_s=args.scan_max_s,
         synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers,
         backbone_drop_path=args.backbone_drop_path, seed=args.seed, eval_every=args.eval_every,

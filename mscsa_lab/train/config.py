@@ -61,7 +61,11 @@ class TrainConfig:
         for 25 steps per epoch (a few dozen photos then still give a useful run).
     amp: ``bf16`` / ``fp16`` autocast (fp16 with a GradScaler, CUDA only) or ``none`` (fp32).
     out: directory for ``model.safetensors``, ``model.json``, ``history.csv`` and the resumable
-        ``last/`` state; None writes nothing (library use).
+        ``last/`` state; None writes nothing (library use). A folder holding a finished run (or an
+        unfinished run's ``last/``) is continued only with ``resume`` and replaced only with
+        ``overwrite``; leftovers of a killed run are removed when a run starts there.
+    scan_max_files / scan_max_s: a data folder's scan ends with a clear message past this many
+        files and folders or seconds (a folder far larger than meant, a slow network disk).
     """
 
     data: str = SYNTHETIC
@@ -117,6 +121,9 @@ class TrainConfig:
     log_every: int = 1
     out: str | None = None
     resume: bool = False
+    overwrite: bool = False
+    scan_max_files: int = 5_000_000
+    scan_max_s: float = 600.0
     command: str | None = None
 
     # ------------------------------------------------------------------ derived
@@ -264,6 +271,10 @@ class TrainConfig:
             problems.append(f"class names file {str(self.teacher_classes)!r} does not exist")
         if self.resume and not self.out:
             problems.append("resume needs the output directory of the run to continue (out)")
+        if self.resume and self.overwrite:
+            problems.append("resume continues the run in out, overwrite replaces it: choose one")
+        whole("scan_max_files", 1)
+        number("scan_max_s", 0.0, 1e7, low_open=True)
         if problems:
             raise TrainingInputError("cannot train: " + "; ".join(problems))
         return self

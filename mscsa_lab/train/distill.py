@@ -99,15 +99,21 @@ class AgreementResult:
 @torch.no_grad()
 def evaluate_agreement(model: nn.Module, teacher_outputs: TeacherOutputs, loader, device: torch.device,
                        info: DistInfo | None = None, amp_dtype: torch.dtype | None = None,
-                       channels_last: bool = False) -> AgreementResult:
+                       channels_last: bool = False, stop=None) -> AgreementResult:
     """Agreement of ``model`` with the teacher on this process's ``loader`` (summed over processes
-    with ``info``). ``model`` is put in eval mode and restored after."""
+    with ``info``). ``model`` is put in eval mode and restored after. ``stop``: checked before every
+    batch (``mscsa_lab.stopping.Cancelled`` ends the evaluation)."""
+    from mscsa_lab.stopping import Cancelled, should_stop
+    from mscsa_lab.train.data import batches
+
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     try:
-        for images, _ in loader:
+        for images, _ in batches(loader):
+            if should_stop(stop):
+                raise Cancelled("the held-out evaluation was stopped")
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)

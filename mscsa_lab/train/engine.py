@@ -19,13 +19,18 @@ reports is that of the file it writes.
 
 Mode ``distill`` (``mscsa_lab.train.distill``): the loss is the KL divergence to the teacher's
 predictions on the same augmented images; labels are never read.
+
+Stopping reaches every phase: the flag is checked while the data folder is scanned, between the
+phases (``phase`` events name them), after every optimizer step and before every held-out batch.
+Stopped before the first step, the run raises ``mscsa_lab.stopping.Cancelled`` (nothing trained);
+after it, the run ends "stopped" with its weights and resumable state written (the held-out
+evaluation skipped).
 """
 from __future__ import annotations
 
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,49 +42,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mscsa_lab.train.config import TrainConfig, TrainingInputError
-from mscsa_lab.train.data import (ResumableSampler, build_transforms, data_config_for, default_workers, eval_loader,
-                                  split_micro_batches, steps_per_epoch, train_loader)
+from mscsa_lab.train.data import (ResumableSampler, batches, build_transforms, data_config_for, default_workers,
+                                  eval_loader, split_micro_batches, steps_per_epoch, train_loader)
 from mscsa_lab.train.distill import AgreementResult, distillation_loss, evaluate_agreement
 from mscsa_lab.train.distributed import (DistInfo, all_reduce_sum, average_batchnorm_stats, barrier, cleanup,
                                          gather_objects, setup)
 from mscsa_lab.train.evaluate import EvalResult, evaluate_model
 from mscsa_lab.train.parts import (RESUME_FIELDS, attach_teacher, augmentation_settings, build_criterion, build_model,
-                                   check_resumable, describe_model, freeze_for_mode, prepare_data, raw_images,
-                                   restore_state, seed_everything, teacher_for)
-from mscsa_lab.train.outputs import (HISTORY_FILE, METADATA_FILE, MODEL_FILE, attach_eval, metrics_of, model_info,
-                                     token_grid, write_outputs)
+                                   check_resumable, freeze_for_mode, prepare_data, raw_images, seed_everything,
+                                   start_message, teacher_for)
+from mscsa_lab.train.outputs import (HISTORY_FILE, METADATA_FILE, MODEL_FILE, TrainingDivergedError, TrainResult,
+                                     attach_eval, metrics_of, model_info, token_grid, write_history, write_outputs)
 from mscsa_lab.train.progress import Callback, ProgressEvent, StopFlag, should_stop
+from mscsa_lab.train.resume import restore_state
 from mscsa_lab.train.state import capture_rng, load_training_state, save_training_state
-from mscsa_lab.errors import UserError
+from mscsa_lab.train.writing import prepare_run_folder
+from mscsa_lab.stopping import Cancelled
 
 __all__ = ["train", "TrainResult", "TrainingDivergedError", "MODEL_FILE", "METADATA_FILE", "HISTORY_FILE",
            "RESUME_FIELDS"]
-
-
-
-class TrainingDivergedError(UserError, RuntimeError):
-    """The loss became NaN or infinite; the message suggests what to change."""
-
-
-@dataclass
-class TrainResult:
-    model: nn.Module  # the trained model (EMA weights with ema=True), eval mode, on the training device
-    classes: list[str]
-    status: str  # "completed", "stopped" (stop flag) or "max_steps"
-    steps: int  # optimizer steps done in total (before a resume included)
-    total_steps: int
-    epochs_done: float
-    metrics: dict[str, Any]  # final held-out metrics (empty without held-out images)
-    history: list[dict[str, Any]]  # one row per finished epoch
-    wall_s: float  # this call's wall time
-    images_per_s: float  # training images per second in this call (all processes)
-    data_config: dict[str, Any]
-    out_dir: Path | None
-    notes: list[str] = field(default_factory=list)
-    evaluation: EvalResult | None = None
-    model_info: dict[str, Any] = field(default_factory=dict)  # what model.json holds
-    step_history: list[dict[str, Any]] = field(default_factory=list)  # one row per logged step (history.csv)
-    agreement: AgreementResult | None = None  # distillation: held-out agreement with the teacher
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -119,9 +100,16 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     notes: list[str] = []
     device = info.device
     mode = config.resolved_mode
-    out = Path(config.out) if config.out else None
     custom_model = model is not None
-    if custom_model and out is not None:
+
+    def phase(message: str) -> None:
+        """Say what the run does next; stopped before training, it ends here (nothing written)."""
+        if should_stop(stop):
+            raise Cancelled(f"stopped before {message}: nothing was trained")
+        _emit(callbacks, info, ProgressEvent("phase", 0, 0, 0, config.epochs, elapsed_s=time.perf_counter() - started,
+                                             message=message))
+
+    if custom_model and config.out:
         raise TrainingInputError("a model passed to train() is not rebuilt from model.json: use out=None with it")
     if custom_model and mode == "distill":
         raise TrainingInputError("mode 'distill' builds its student from the teacher: pass no model to train()")
@@ -131,15 +119,22 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     if sync_bn and info.distributed and device.type != "cuda":
         raise TrainingInputError("SyncBatchNorm runs on CUDA GPUs only (PyTorch); leave sync_bn unset on CPUs")
 
+    out = None
+    if config.out:  # resolved once; every file of the run is written inside it
+        out = prepare_run_folder(config.out, config.resume, config.overwrite, notes) if info.is_main else \
+            Path(config.out).resolve()
+        barrier(info)
     resume_state = None
     if config.resume:
         resume_state = load_training_state(out)
         check_resumable(resume_state["config"], config)
 
     # ---------------------------------------------------------------- data and classes (the teacher's in distill)
-    source = prepare_data(config, mode, info, notes)
+    phase(f"scanning the data ({config.data})")
+    source = prepare_data(config, mode, info, notes, stop)
     teacher = teacher_info = None
     if mode == "distill":
+        phase(f"loading the teacher ({config.backbone or config.profile})")
         teacher_name, teacher = teacher_for(config)
         classes = teacher.classes
         notes.extend(teacher.notes)
@@ -148,6 +143,7 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
         classes = source.classes
 
     # ---------------------------------------------------------------- model
+    phase("building the model")
     seed_everything(config.seed)  # the same initial weights on every process
     if model is None:
         model = build_model(config, len(classes))
@@ -210,7 +206,8 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     step_history: list[dict[str, Any]] = []
     if resume_state is not None:
         global_step, start_epoch, skip, history, step_history = restore_state(
-            resume_state, model, optimizer, scheduler, ema, scaler, info, config, total_steps, notes)
+            resume_state, model, optimizer, scheduler, ema, scaler, info, config, total_steps, sampler.full_length,
+            classes, notes)
     else:
         seed_everything(config.seed + info.rank)  # augmentation / dropout differ per process
 
@@ -231,25 +228,30 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     epoch = start_epoch
     lr_now = optimizer.param_groups[0]["lr"]
 
-    start_message = (f"training {describe_model(model, config, mode)} on {source.description}; {len(classes)} classes"
-                     + (f" (the teacher's, {teacher_info['classes_source']})" if teacher_info else "")
-                     + f"; {per_epoch} steps/epoch x {config.epochs} epochs"
-                     + (f", max {config.max_steps} steps" if config.max_steps else "")
-                     + f" = {total_steps} steps; global batch {loader_batch * world} ({world} process"
-                     + ("es" if world > 1 else "") + f", {device.type}, amp {config.amp})"
-                     + ("".join(f"\nnote: {n}" for n in notes)))
+    phase("training")
     _emit(callbacks, info, ProgressEvent("start", global_step, total_steps, epoch, config.epochs, lr=lr_now,
-                                         message=start_message))
+                                         message=start_message(model, config, mode, source, classes, teacher_info,
+                                                               per_epoch, total_steps, loader_batch, world, device,
+                                                               notes)))
 
     def eval_now():
-        """Held-out evaluation (BatchNorm statistics averaged over processes first)."""
+        """Held-out evaluation (BatchNorm statistics averaged over processes first); None when there
+        are no held-out images or a stop ended it (one process only: several must finish together)."""
         if val_loader is None:
             return None
         target = ema.module if ema is not None else model
         average_batchnorm_stats(target, info)
-        if teacher_outputs is not None:
-            return evaluate_agreement(target, teacher_outputs, val_loader, device, info, amp_dtype, channels_last)
-        return evaluate_model(target, val_loader, classes, device, info, amp_dtype, channels_last)
+        halt = stop if world == 1 else None
+        _emit(callbacks, info, ProgressEvent("phase", global_step, total_steps, epoch, config.epochs,
+                                             message=f"evaluating on {source.val_count} held-out images"))
+        try:
+            if teacher_outputs is not None:
+                return evaluate_agreement(target, teacher_outputs, val_loader, device, info, amp_dtype, channels_last,
+                                          halt)
+            return evaluate_model(target, val_loader, classes, device, info, amp_dtype, channels_last, halt)
+        except Cancelled:
+            notes.append(f"the held-out evaluation after step {global_step} was stopped: no held-out metrics")
+            return None
 
     def save_state(epoch_index: int, samples_in_epoch: int) -> None:
         average_batchnorm_stats(model, info)
@@ -263,8 +265,9 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "epoch": epoch_index, "samples_in_epoch": samples_in_epoch, "global_step": global_step,
                 "total_steps": total_steps, "world_size": world, "rng": rng, "history": history,
-                "step_history": step_history, "config": config.to_dict(), "classes": classes,
-            })
+                "config": config.to_dict(), "classes": classes,
+            }, step_history)
+            write_history(out / HISTORY_FILE, step_history)  # the curves so far, readable while the run goes on
             _emit(callbacks, info, ProgressEvent("checkpoint", global_step, total_steps, epoch_index, config.epochs,
                                                  elapsed_s=time.perf_counter() - started,
                                                  message=f"saved the training state in {out / 'last'}"))
@@ -282,7 +285,7 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
         epoch_start = time.perf_counter()
         stopped = False
         last_in_epoch = min(total_steps, global_step + (sampler.full_length - position) // loader_batch)
-        for images, targets in loader:
+        for images, targets in batches(loader):
             optimizer.zero_grad(set_to_none=True)
             for j, (x, y) in enumerate(split_micro_batches(images, targets, config.accum_steps)):
                 x = x.to(device, non_blocking=True)
@@ -411,6 +414,8 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
                                global_step, total_steps, epochs_done, wall, rate, sync_bn, augmentation, teacher_info)
         info_json["tokens"] = tokens
     if info.is_main and out is not None:
+        _emit(callbacks, info, ProgressEvent("phase", global_step, total_steps, epoch, config.epochs,
+                                             message=f"writing the run's files in {out}"))
         write_outputs(out, final_model, info_json, step_history)
     barrier(info)
     if teacher_outputs is not None:
@@ -419,6 +424,8 @@ def _train(config: TrainConfig, callbacks: list[Callback], stop: StopFlag, model
     message = f"{status}: {global_step}/{total_steps} steps ({epochs_done:g} epochs) in {wall:.1f} s, {rate:.1f} img/s"
     if metrics.get("top1") is not None:
         message += f"; held-out top-1 {metrics['top1']:.2f}%"
+    elif evaluation is None and val_loader is not None:
+        message += "; held-out evaluation skipped (stopped)"
     if metrics.get("agreement_top1") is not None:
         message += f"; held-out agreement with the teacher {metrics['agreement_top1']:.2f}% (KL {metrics['kl']:.4f})"
     if out is not None and info.is_main:

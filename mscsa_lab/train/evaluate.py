@@ -79,9 +79,13 @@ def _round(value: float, digits: int = 4) -> float | None:
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader, classes: list[str], device: torch.device,
                    info: DistInfo | None = None, amp_dtype: torch.dtype | None = None,
-                   channels_last: bool = False) -> EvalResult:
+                   channels_last: bool = False, stop=None) -> EvalResult:
     """Evaluate ``model`` (put in eval mode, restored after) on this process's ``loader``; with
-    ``info`` for several processes the counts are summed over all of them."""
+    ``info`` for several processes the counts are summed over all of them. ``stop`` (a stop flag)
+    is checked before every batch: ``mscsa_lab.stopping.Cancelled`` ends the evaluation."""
+    from mscsa_lab.stopping import Cancelled, should_stop
+    from mscsa_lab.train.data import batches
+
     was_training = model.training
     model.eval()
     num_classes = len(classes)
@@ -91,7 +95,9 @@ def evaluate_model(model: nn.Module, loader, classes: list[str], device: torch.d
     criterion = nn.CrossEntropyLoss(reduction="sum")
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     try:
-        for images, targets in loader:
+        for images, targets in batches(loader):
+            if should_stop(stop):
+                raise Cancelled("the held-out evaluation was stopped")
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             if channels_last:

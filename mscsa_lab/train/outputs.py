@@ -4,20 +4,25 @@ needs to rebuild the model, and how it was made) and ``history.csv`` (one row pe
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass, field
+
 from torch import nn
+
+from mscsa_lab.errors import UserError
 
 from mscsa_lab.train.config import TrainConfig
 from mscsa_lab.train.distributed import DistInfo
 from mscsa_lab.train.state import readable_by_umask
 
-__all__ = ["MODEL_FILE", "METADATA_FILE", "HISTORY_FILE", "FORMAT", "HISTORY_COLUMNS", "model_info", "token_grid",
-           "write_outputs", "write_history", "metrics_of", "attach_eval"]
+__all__ = ["TrainResult", "TrainingDivergedError", "MODEL_FILE", "METADATA_FILE", "HISTORY_FILE", "FORMAT", "HISTORY_COLUMNS", "model_info", "token_grid",
+           "write_outputs", "write_history", "history_text", "metrics_of", "attach_eval"]
 
 MODEL_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
@@ -28,6 +33,31 @@ FORMAT = "mscsa_lab.trained/1"
 # (top-1 agreement with the teacher, %) and val_kl instead of val_top1/val_top5.
 HISTORY_COLUMNS = ["step", "epoch", "train_loss", "train_top1", "lr", "images_per_s", "elapsed_s", "val_top1",
                    "val_top5", "val_loss", "val_agreement", "val_kl"]
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss became NaN or infinite; the message suggests what to change."""
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the trained model (EMA weights with ema=True), eval mode, on the training device
+    classes: list[str]
+    status: str  # "completed", "stopped" (stop flag) or "max_steps"
+    steps: int  # optimizer steps done in total (before a resume included)
+    total_steps: int
+    epochs_done: float
+    metrics: dict[str, Any]  # final held-out metrics (empty without held-out images)
+    history: list[dict[str, Any]]  # one row per finished epoch
+    wall_s: float  # this call's wall time
+    images_per_s: float  # training images per second in this call (all processes)
+    data_config: dict[str, Any]
+    out_dir: Path | None
+    notes: list[str] = field(default_factory=list)
+    evaluation: Any = None
+    model_info: dict[str, Any] = field(default_factory=dict)  # what model.json holds
+    step_history: list[dict[str, Any]] = field(default_factory=list)  # one row per logged step (history.csv)
+    agreement: Any = None  # distillation: held-out agreement with the teacher
 
 
 def token_grid(model: nn.Module, height: int, width: int) -> dict[str, Any]:
@@ -96,25 +126,36 @@ def model_info(model: nn.Module, config: TrainConfig, mode: str, classes: list[s
     return result
 
 
+def history_text(rows: list[dict[str, Any]]) -> str:
+    """The step history as CSV text (``HISTORY_COLUMNS``; a missing value is an empty field)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in HISTORY_COLUMNS})
+    return buffer.getvalue()
+
+
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k) for k in HISTORY_COLUMNS})
+    """``history.csv`` in ``path``'s folder, written aside and renamed (never through a link)."""
+    from mscsa_lab.train.writing import write_text_file
+
+    write_text_file(path.parent, path.name, history_text(rows))
 
 
 def write_outputs(out: Path, model: nn.Module, info_json: dict[str, Any], step_history: list[dict[str, Any]]) -> None:
-    """The weights (written to a temporary name, then renamed), ``model.json`` and ``history.csv``."""
+    """The weights, ``model.json`` and ``history.csv``, each written under a temporary name and renamed
+    into place; a full or read-only disk raises ``RunFolderError`` naming the file and the space needed."""
     from mscsa_lab.io.checkpoints import save_checkpoint
+    from mscsa_lab.train.writing import tensor_bytes, write_file_with, write_text_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    temporary = out / f".{MODEL_FILE}.tmp"
-    save_checkpoint(model, temporary, metadata={"format": FORMAT, "backbone": info_json["backbone"]})
-    readable_by_umask(temporary)
-    temporary.replace(out / MODEL_FILE)
-    (out / METADATA_FILE).write_text(json.dumps(info_json, indent=2) + "\n")
-    write_history(out / HISTORY_FILE, step_history)
+    def weights(path: Path) -> None:
+        save_checkpoint(model, path, metadata={"format": FORMAT, "backbone": info_json["backbone"]})
+        readable_by_umask(path)
+
+    write_file_with(out, MODEL_FILE, weights, needed=tensor_bytes(model.state_dict()))
+    write_text_file(out, HISTORY_FILE, history_text(step_history))
+    write_text_file(out, METADATA_FILE, json.dumps(info_json, indent=2) + "\n")  # last: it marks a finished run
 
 
 def metrics_of(result, per_class: bool = True) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from mscsa_lab.train.config import DISTILL_MIN_STEPS_PER_EPOCH, TrainConfig, Tra
 from mscsa_lab.train.data import check_batch_fits, default_crop_scale, repeat_dataset, scan_data, scan_images
 from mscsa_lab.train.distill import TeacherOutputs
 from mscsa_lab.train.distributed import DistInfo
-from mscsa_lab.train.state import restore_rng
 
 __all__ = ["RESUME_FIELDS", "check_resumable", "teacher_for", "build_model", "prepare_data", "augmentation_settings",
-           "raw_images", "freeze_for_mode", "restore_state", "attach_teacher", "seed_everything", "build_criterion", "describe_model"]
+           "raw_images", "freeze_for_mode", "attach_teacher", "seed_everything", "build_criterion", "describe_model",
+           "start_message"]
 
 # Settings that must match to continue a run: they decide the model or which images it sees.
 RESUME_FIELDS = ("data", "profile", "backbone", "backbone_kwargs", "mscsa", "mode", "pretrained", "pretrained_file",
@@ -68,11 +68,14 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         backbone_kwargs=backbone_kwargs or None, **config.mscsa,
     )
 
-def prepare_data(config: TrainConfig, mode: str, info: DistInfo, notes: list[str]):
-    """The run's images (labelled, or any images for distillation), repeated for small folders."""
+def prepare_data(config: TrainConfig, mode: str, info: DistInfo, notes: list[str], stop=None):
+    """The run's images (labelled, or any images for distillation), repeated for small folders. The
+    folder scan is bounded (``config.scan_max_files``, ``config.scan_max_s``) and ends at ``stop``."""
     common = dict(synthetic_size=config.img_size, synthetic_train=config.synthetic_train,
-                  synthetic_val=config.synthetic_val, val_fraction=config.val_fraction, seed=config.seed)
+                  synthetic_val=config.synthetic_val, val_fraction=config.val_fraction, seed=config.seed, stop=stop,
+                  max_files=config.scan_max_files, max_seconds=config.scan_max_s)
     source = scan_images(config.data, **common) if mode == "distill" else scan_data(config.data, **common)
+    notes.extend(source.notes)
     global_batch = config.batch_size * config.accum_steps * info.world_size
     times = config.repeat
     if times is None:
@@ -165,33 +168,14 @@ def attach_teacher(teacher, model: nn.Module, probe: torch.Tensor, device: torch
     return outputs
 
 
-def restore_state(resume_state: dict[str, Any], model: nn.Module, optimizer, scheduler, ema, scaler, info: DistInfo,
-                  config: TrainConfig, total_steps: int, notes: list[str]):
-    """Load a resumed run's weights, optimizer, scheduler, EMA, scaler and RNG states; returns
-    (global step, epoch, samples of that epoch already seen, epoch history, step history)."""
-    model.load_state_dict(resume_state["model"])
-    optimizer.load_state_dict(resume_state["optimizer"])
-    if scheduler is not None and resume_state.get("scheduler") and resume_state.get("total_steps") == total_steps:
-        scheduler.load_state_dict(resume_state["scheduler"])
-    if ema is not None and "ema" in resume_state:
-        ema.module.load_state_dict(resume_state["ema"])
-    if scaler is not None and resume_state.get("scaler"):
-        scaler.load_state_dict(resume_state["scaler"])
-    global_step = int(resume_state["global_step"])
-    start_epoch = int(resume_state["epoch"])
-    history = list(resume_state.get("history", []))
-    step_history = list(resume_state.get("step_history", []))
-    same_world = int(resume_state.get("world_size", 1)) == info.world_size
-    skip = int(resume_state.get("samples_in_epoch", 0)) if same_world else 0
-    if not same_world and resume_state.get("samples_in_epoch"):
-        notes.append(f"resumed with {info.world_size} processes instead of {resume_state.get('world_size')}: "
-                     f"epoch {start_epoch + 1} restarts from its beginning")
-    rng_states = resume_state.get("rng", [])
-    if same_world and info.rank < len(rng_states):
-        restore_rng(rng_states[info.rank])
-    else:
-        seed_everything(config.seed + info.rank + 1000 * start_epoch)
-    if scheduler is not None:
-        scheduler.step_update(num_updates=global_step)
-    notes.append(f"resumed from {resume_state['path']} at epoch {start_epoch + 1}, step {global_step}")
-    return global_step, start_epoch, skip, history, step_history
+def start_message(model: nn.Module, config: TrainConfig, mode: str, source, classes: list[str],
+                  teacher_info: dict[str, Any] | None, per_epoch: int, total_steps: int, loader_batch: int,
+                  world: int, device: torch.device, notes: list[str]) -> str:
+    """The line a run starts with: what trains on what, for how long, and the run's notes."""
+    return (f"training {describe_model(model, config, mode)} on {source.description}; {len(classes)} classes"
+            + (f" (the teacher's, {teacher_info['classes_source']})" if teacher_info else "")
+            + f"; {per_epoch} steps/epoch x {config.epochs} epochs"
+            + (f", max {config.max_steps} steps" if config.max_steps else "")
+            + f" = {total_steps} steps; global batch {loader_batch * world} ({world} process"
+            + ("es" if world > 1 else "") + f", {device.type}, amp {config.amp})"
+            + "".join(f"\nnote: {n}" for n in notes))

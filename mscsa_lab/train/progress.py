@@ -1,13 +1,15 @@
 """Progress reporting and stopping, for the command line (tqdm) and the app (gr.Progress, curves).
 
-The engine calls every callback on rank 0 with one ``ProgressEvent`` per event: ``start``, ``step``
-(every ``log_every`` optimizer steps), ``epoch`` (after each epoch's evaluation), ``checkpoint``
-(the resumable state was written) and ``end``. A callback is either a plain function taking the
+The engine calls every callback on rank 0 with one ``ProgressEvent`` per event: ``phase`` (what the
+run does next, in ``message``: scanning the data, loading the teacher, building the model,
+evaluating, writing its files), ``start``, ``step`` (every ``log_every`` optimizer steps), ``epoch``
+(after each epoch's evaluation), ``checkpoint`` (the resumable state was written) and ``end``. A callback is either a plain function taking the
 event or an object with ``__call__`` (e.g. ``TqdmProgress``). Exceptions in a callback stop the run.
 
 Stopping: pass ``stop=threading.Event()`` (or any callable returning True to stop) to ``train``;
-it is checked after every optimizer step and the run ends cleanly: the weights so far are written,
-with the resumable state at that step.
+it is checked while the data folder is scanned, between phases, after every optimizer step and
+before every held-out batch. Once training has begun the run ends cleanly: the weights so far are
+written, with the resumable state at that step; before that it raises ``Cancelled``.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ __all__ = ["ProgressEvent", "Callback", "StopFlag", "should_stop", "TqdmProgress
 class ProgressEvent:
     """What happened. Counts are global (all processes): ``images_per_s`` is the whole run's."""
 
-    kind: str  # "start" | "step" | "epoch" | "checkpoint" | "end"
+    kind: str  # "phase" | "start" | "step" | "epoch" | "checkpoint" | "end"
     step: int  # optimizer steps done (including those before a resume)
     total_steps: int
     epoch: int  # the current epoch, 0-based (for "epoch": the one just finished)
@@ -85,6 +87,8 @@ class PrintProgress:
     def __call__(self, event: ProgressEvent) -> None:
         if event.kind == "epoch":
             print(_epoch_line(event), file=self.stream, flush=True)
+        elif event.kind == "phase" and event.total_steps == 0 and event.message != "training":
+            print(f"{event.message}...", file=self.stream, flush=True)
         elif event.kind in ("start", "end") and event.message:
             print(event.message, file=self.stream, flush=True)
 
@@ -100,7 +104,9 @@ class TqdmProgress:
     def __call__(self, event: ProgressEvent) -> None:
         from tqdm.auto import tqdm
 
-        if event.kind == "start":
+        if event.kind == "phase" and self.bar is None and event.total_steps == 0 and event.message != "training":
+            tqdm.write(f"{event.message}...", file=self.stream)
+        elif event.kind == "start":
             if event.message:
                 tqdm.write(event.message, file=self.stream)
             self.bar = tqdm(total=event.total_steps, initial=event.step, unit="step", file=self.stream,

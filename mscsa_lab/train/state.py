@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,11 @@ from torch import nn
 from mscsa_lab.io.checkpoints import CheckpointError, read_state_dict, save_checkpoint
 from mscsa_lab.train.config import TrainingInputError
 
-__all__ = ["LAST", "save_training_state", "load_training_state", "capture_rng", "restore_rng", "find_last_state"]
+__all__ = ["LAST", "STATE_FILE", "HISTORY_FILE", "save_training_state", "load_training_state", "capture_rng", "restore_rng", "find_last_state"]
 
 LAST = "last"
 STATE_FILE = "state.pt"
+HISTORY_FILE = "history.csv"
 FORMAT = "mscsa_lab.train_state/1"
 
 
@@ -63,32 +63,54 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_training_state(out_dir: str | Path, model: nn.Module, ema_model: nn.Module | None,
-                        state: dict[str, Any]) -> Path:
+                        state: dict[str, Any], step_history: list[dict[str, Any]] | None = None) -> Path:
     """Write ``out_dir/last/`` atomically (temporary folder, then renames). ``state`` holds the
-    optimizer/scheduler/scaler state dicts, the position, RNG states, history and configuration."""
+    optimizer/scheduler/scaler state dicts, the position, RNG states, epoch history and configuration;
+    ``step_history`` (one row per logged step) goes to ``last/history.csv``. A full or read-only disk
+    raises ``RunFolderError`` with the path and the space the state needs; the temporary folder is
+    removed and the previous state stays."""
+    from mscsa_lab.train.outputs import history_text
+    from mscsa_lab.train.writing import remove_path, tensor_bytes, torch_save, write_failure
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / LAST
     temporary = out_dir / f".{LAST}.tmp-{os.getpid()}"
     previous = out_dir / f".{LAST}.old"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir()
-    save_checkpoint(model, temporary / "model.safetensors")
-    if ema_model is not None:
-        save_checkpoint(ema_model, temporary / "ema.safetensors")
-    for written in temporary.iterdir():
-        readable_by_umask(written)
-    torch.save({"format": FORMAT, **state}, temporary / STATE_FILE)
-    # Everything is on disk; swap it in. Between the two renames only .last.old exists, and
-    # find_last_state falls back to it.
-    if previous.exists():
-        shutil.rmtree(previous)
-    if final.exists():
-        os.replace(final, previous)
-    os.replace(temporary, final)
-    if previous.exists():
-        shutil.rmtree(previous)
+    needed = tensor_bytes(model.state_dict()) * (2 if ema_model is not None else 1) + tensor_bytes(state)
+    written = "model.safetensors"  # which file of last/ was being written, for the message
+    try:
+        if temporary.is_symlink() or temporary.exists():
+            remove_path(temporary)
+        temporary.mkdir()
+        save_checkpoint(model, temporary / written)
+        if ema_model is not None:
+            written = "ema.safetensors"
+            save_checkpoint(ema_model, temporary / written)
+        for path in temporary.iterdir():
+            readable_by_umask(path)
+        written = STATE_FILE
+        torch_save({"format": FORMAT, **state}, temporary / written)
+        written = HISTORY_FILE
+        (temporary / written).write_text(history_text(step_history or []))
+        # Everything is on disk; swap it in. Between the two renames only .last.old exists, and
+        # find_last_state falls back to it.
+        written = ""
+        if previous.is_symlink() or previous.exists():
+            remove_path(previous)
+        if final.is_symlink() or final.exists():
+            os.replace(final, previous)
+        os.replace(temporary, final)
+        if previous.is_symlink() or previous.exists():
+            remove_path(previous)
+    except Exception as error:  # noqa: BLE001 - a failed write of any part: the message says where and why
+        try:
+            if temporary.is_symlink() or temporary.exists():
+                remove_path(temporary)
+        except OSError:
+            pass
+        if not isinstance(error, (OSError, RuntimeError)) and "os error" not in str(error):
+            raise
+        raise write_failure(error, final / written if written else final, needed) from None
     return final
 
 
@@ -116,25 +138,30 @@ def find_last_state(out_dir: str | Path) -> Path | None:
 
 def load_training_state(out_dir: str | Path) -> dict[str, Any]:
     """The state written by ``save_training_state``: the dict given to it, plus ``model`` (and
-    ``ema``) state dicts and ``path``. Raises ``TrainingInputError`` when there is nothing to resume."""
+    ``ema``) state dicts, ``step_history`` and ``path``. Every file is read through the guarded
+    readers (regular files inside the run folder, size and tensor caps, ``weights_only``) and every
+    field is checked (``mscsa_lab.train.resume.check_state``); ``TrainingInputError`` says what is
+    wrong, never PyTorch's own advice."""
+    from mscsa_lab.io.checkpoints import load_torch_file
+    from mscsa_lab.train.resume import check_state, read_step_history
+
+    out_dir = Path(out_dir)
     path = find_last_state(out_dir)
     if path is None:
         raise TrainingInputError(
             f"nothing to resume in {str(out_dir)!r}: no complete '{LAST}/' training state there (it is written at "
             f"the end of every epoch). Start without --resume, or point --out at the earlier run."
         )
-    try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - a refused or corrupt file is one user-facing message
-        raise TrainingInputError(f"the training state in {str(path)!r} cannot be read: {error}") from None
+    state = load_torch_file(path / STATE_FILE, root=out_dir, what="training state", error=TrainingInputError)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainingInputError(f"{str(path / STATE_FILE)!r} is not a training state written by mscsa_lab")
     try:
-        state["model"] = read_state_dict(path / "model.safetensors")
+        state["model"] = read_state_dict(path / "model.safetensors", root=out_dir)
         if (path / "ema.safetensors").is_file():
-            state["ema"] = read_state_dict(path / "ema.safetensors")
+            state["ema"] = read_state_dict(path / "ema.safetensors", root=out_dir)
     except CheckpointError as error:
         raise TrainingInputError(f"the training state in {str(path)!r} is damaged: {error}") from None
+    if (path / HISTORY_FILE).is_file():
+        state["step_history"] = read_step_history(path / HISTORY_FILE, out_dir)
     state["path"] = str(path)
-    return state
-
+    return check_state(state, path)

@@ -20,7 +20,6 @@ A JSON file holds a list of names, or an object with one under ``classes``, ``la
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,11 @@ from torch import nn
 
 from mscsa_lab.train.config import TrainingInputError
 
-__all__ = ["Teacher", "load_teacher", "read_class_names", "imagenet_class_names", "CLASS_FILE_NAMES"]
+__all__ = ["Teacher", "load_teacher", "read_class_names", "imagenet_class_names", "teacher_class_count",
+           "CLASS_FILE_NAMES"]
 
 CLASS_FILE_NAMES = ("classes.json", "config.json", "model.json")
+MAX_CLASS_FILE_BYTES = 16 * 2**20  # ImageNet-21k's names take about 1 MB
 
 
 @dataclass
@@ -64,11 +65,14 @@ def imagenet_class_names(subset: str = "imagenet-1k") -> list[str]:
 
 def read_class_names(path: str | Path, num_classes: int | None = None) -> list[str]:
     """Class names from a JSON file (see the module's docstring for the layouts)."""
+    from mscsa_lab.io.guarded import parse_json, read_bytes, shown_name
+
     path = Path(path)
+    raw = read_bytes(path, MAX_CLASS_FILE_BYTES, what="class names file", error=TrainingInputError)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TrainingInputError(f"class names file {str(path)!r} is not readable JSON: {error}") from None
+        data = parse_json(raw, "the file", error=TrainingInputError)
+    except TrainingInputError as error:
+        raise TrainingInputError(f"class names file {shown_name(path)} is not readable JSON ({error})") from None
     names = data
     if isinstance(data, dict):
         names = data.get("classes") or data.get("label_names") or (data.get("pretrained_cfg") or {}).get("label_names")
@@ -183,3 +187,35 @@ def _imagenet_subset(model: nn.Module, num_classes: int) -> str | None:
         except Exception:  # noqa: BLE001 - an unknown subset name
             return None
     return None
+
+
+def teacher_class_count(backbone: str | None, pretrained_file: str | None = None,
+                        classes_file: str | None = None) -> int | None:
+    """How many classes the teacher's classifier has, without loading it (for costing a run before it
+    starts): the class names file's length, the classifier's rows in a safetensors file's header, or
+    timm's pretrained configuration; None when none of them tells (the run itself then finds out)."""
+    import timm
+
+    try:
+        if classes_file:
+            return len(read_class_names(classes_file))
+        cfg = timm.models.get_pretrained_cfg(backbone) if backbone and timm.is_model(backbone) else None
+        if pretrained_file and str(pretrained_file).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            from mscsa_lab.io.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointError
+            from mscsa_lab.io.guarded import checked_file
+
+            path = checked_file(pretrained_file, MAX_CHECKPOINT_BYTES, what="teacher weights", error=CheckpointError)
+            names = [cfg.classifier] if cfg is not None and isinstance(cfg.classifier, str) else ["fc", "head.fc", "head"]
+            with safe_open(str(path), "pt") as handle:
+                keys = set(handle.keys())
+                for name in names:
+                    if f"{name}.weight" in keys:
+                        return int(handle.get_slice(f"{name}.weight").get_shape()[0])
+            return None
+        if pretrained_file:
+            return None
+        return int(cfg.num_classes) if cfg is not None and cfg.num_classes else None
+    except Exception:  # noqa: BLE001 - only an estimate: the run reads the teacher properly and says what is wrong
+        return None
