@@ -45,7 +45,8 @@ def benchmark_request(context: AppContext, names: Any, device: str, precision: s
     if not entries:
         raise ConfigError("pick at least one backbone to benchmark (or include the Build tab's model)")
     resolve_device(device)
-    counts = {name: whole(name, value, 1, 10**6) for name, value in (("batch", batch), ("steps", steps),
+    # No low ceiling here: the server's limits below say which flag raises them.
+    counts = {name: whole(name, value, 1, 10**12) for name, value in (("batch", batch), ("steps", steps),
                                                                      ("repeats", repeats))}
     if blank(max_seconds) or not 1 <= number("time cap", max_seconds) <= 3600:
         raise ConfigError(f"time cap must be a number of seconds from 1 to 3600, got {str(max_seconds)[:40]!r}")
