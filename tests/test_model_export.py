@@ -88,3 +88,35 @@ def test_onnx_packages_are_declared_for_development():
     text = open(requirements + "requirements-dev.txt").read()
     for package in ("onnx==", "onnxscript==", "onnxruntime=="):
         assert package in text, f"{package} missing from requirements-dev.txt"
+
+
+# --------------------------------------------------------------------------- the export-model command
+def test_export_model_command_refuses_bad_requests_before_building(tmp_path, capsys):
+    from mscsa_lab.cli import main
+
+    for argv, message in ((["export-model", "demo"], "nothing to export"),
+                          (["export-model", "demo", "--onnx", str(tmp_path / "m.pt")], "a onnx file ends in .onnx"),
+                          (["export-model", "demo", "--torchscript", str(tmp_path / "no" / "m.pt")], "does not exist"),
+                          (["export-model", "no_such_net_xyz", "--onnx", str(tmp_path / "m.onnx")], "no_such_net_xyz"),
+                          (["export-model", "--run", str(tmp_path), "--onnx", str(tmp_path / "m.onnx")],
+                           "is not a trained run")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not list(tmp_path.glob("m.*"))
+
+
+@pytest.mark.slow
+def test_export_model_command_writes_reloads_and_compares(tmp_path, capsys):
+    """The command a user runs: two formats of the demo model, BN folded, the differences printed and written."""
+    from mscsa_lab.cli import main
+    from mscsa_lab.io.export import read_table
+
+    script, program, report = tmp_path / "demo.pt", tmp_path / "demo.pt2", tmp_path / "report.csv"
+    assert main(["export-model", "demo", "--torchscript", str(script), "--exported", str(program), "--fuse",
+                 "--input-size", "64x64", "-o", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "demo exported (input 1x3x64x64, BN folded)" in out and "torch.jit.load" in out
+    assert torch.jit.load(str(script))(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    frame = read_table(report).frame
+    assert list(frame["Format"]) == ["torchscript", "exported"]
+    assert (frame["Max difference"] < TOLERANCE).all() and program.stat().st_size > 1e6

@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from mscsa_lab.cli import explaining, inspecting, timing, training
+from mscsa_lab.cli import explaining, exporting, inspecting, timing, training
 from mscsa_lab.cli.common import LIMIT_FLAGS
 
 __all__ = ["main", "build_parser"]
@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   mscsa-lab benchmark pvt_v2_b0 -b 16
   mscsa-lab train --data synthetic --backbone resnet10t --img-size 96 --epochs 2 --out runs/shapes
   mscsa-lab explain assets/samples --model demo -o maps/
+  mscsa-lab export-model resnet18_mscsa --onnx r18.onnx --torchscript r18.pt --fuse
 """
 
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--no-limits", action="store_true",
                         help="run whatever is asked, even beyond the memory this machine has free")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (inspecting, timing, training, explaining):
+    for module in (inspecting, timing, training, explaining, exporting):
         module.register(commands)
     return parser
 

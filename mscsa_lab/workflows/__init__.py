@@ -9,7 +9,8 @@ notes, warnings) that the CLI prints and the app shows. Neither surface chains l
 - ``store``: built models kept between the app's requests (each request gets its own copy);
 - ``result``: ``ActionResult`` and its files;
 - ``build``, ``profiling`` (profile, latency), ``timing`` (benchmark), ``comparing`` (compare, budget,
-  profiles, export), ``sources`` + ``explaining`` (saliency, explain), ``training`` (train, evaluate, ablate).
+  profiles, export), ``sources`` + ``explaining`` (saliency, explain), ``training`` (train, evaluate, ablate),
+  ``exporting`` (a model as ONNX / TorchScript / torch.export files).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ _EXPORTS = {
     "profiles_action": "comparing", "export_table_action": "comparing",
     "saliency_action": "explaining", "explain_action": "explaining", "explain_model": "explaining",
     "demo_model": "sources", "trained_model": "sources", "spec_model": "sources",
+    "export_action": "exporting",
     "train_action": "training", "evaluate_action": "training", "ablate_action": "training",
 }
 
