@@ -79,6 +79,7 @@ def create_mscsa_model(
     img_size: int | tuple[int, int] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     drop_rate: float | None = None,
+    check_memory: bool = True,
     **overrides: Any,
 ) -> MSCSANet | TopFormerSegMSCSA:
     """Build backbone+MSCSA from a Table 7 profile, or from any timm backbone and a custom config.
@@ -92,7 +93,14 @@ def create_mscsa_model(
     profiles only, "segmentation": TopFormer's segmentation model with MSCSA in place of SASE (the
     paper's Table 3; ``TopFormerSegMSCSA``, logits at stride 8). ``backbone_kwargs`` then go to
     ``TopFormerSegMSCSA`` (e.g. ``in_chans``).
+
+    ``check_memory``: a custom configuration (``config`` or ``overrides``) is first built on the meta device
+    (about a second even for billions of parameters) and refused with ``ResourceError`` when its weights
+    alone would not fit in the memory free now, instead of the process being killed; ``False`` skips that.
     """
+    if check_memory and (config is not None or overrides) and torch.empty(0).device.type != "meta":
+        _check_weights_fit(dict(profile=profile, backbone=backbone, config=config, task=task, num_classes=num_classes,
+                                img_size=img_size, backbone_kwargs=backbone_kwargs, drop_rate=drop_rate), overrides)
     if profile is not None:
         profile = load_profile(profile) if isinstance(profile, str) else profile
         profile.require_available()
@@ -122,6 +130,24 @@ def create_mscsa_model(
         img_size=img_size,
         backbone_kwargs=backbone_kwargs,
     )
+
+
+def _check_weights_fit(arguments: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """``ResourceError`` when the model these arguments describe has more weight bytes than memory is free
+    (at most 90% of it: building needs some room besides)."""
+    from mscsa_lab.analysis.cost import available_memory_bytes
+    from mscsa_lab.io.numbers import human_bytes, human_count
+    from mscsa_lab.workflows.limits import ResourceError
+
+    with torch.device("meta"):
+        shapes = create_mscsa_model(**arguments, check_memory=False, **overrides)
+    params = sum(p.numel() for p in shapes.parameters())
+    needed = sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+    free = available_memory_bytes("cpu")
+    if needed > 0.9 * free:
+        raise ResourceError(f"this configuration has {human_count(params)} parameters: its weights alone need "
+                            f"{human_bytes(needed)}, and {human_bytes(free)} of memory is free. Lower depth, "
+                            "num_heads, key_dim or mlp_ratio, or pass check_memory=False to build it anyway")
 
 
 def _create_segmentation_model(
@@ -263,6 +289,7 @@ def _create_registered(variant: str, pretrained: bool = False, **kwargs: Any) ->
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     cache_dir = kwargs.pop("cache_dir", None)
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    check_memory = bool(kwargs.pop("check_memory", True))
     settings = {key: kwargs.pop(key) for key in list(kwargs) if key in _SETTINGS}
     unknown = sorted(set(kwargs) - set(_MODEL_ARGS))
     if unknown:
@@ -298,6 +325,10 @@ def _create_registered(variant: str, pretrained: bool = False, **kwargs: Any) ->
     elif "out_indices" in kwargs:
         raise ConfigError(f"{variant}: out_indices picks feature maps: it needs features_only=True")
     config = profile.config.replace(**settings)
+    on_meta = (torch.device(device).type if device is not None else torch.empty(0).device.type) == "meta"
+    if check_memory and settings and not on_meta:
+        _check_weights_fit(dict(profile=profile, task=kwargs.get("task", "classification"),
+                                num_classes=kwargs.get("num_classes")), settings)
     # Built where it is asked for (no memory and no initialisation cost on the meta device), then cast.
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(

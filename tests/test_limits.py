@@ -20,6 +20,27 @@ def test_an_enormous_configuration_is_costed_without_memory():
         check_fits(estimate)
 
 
+def test_the_library_costs_a_custom_configuration_before_it_allocates(monkeypatch):
+    """create_mscsa_model and timm.create_model refuse a configuration whose weights exceed the free memory
+    (the free memory is pretended small here, so a regression would allocate a few hundred MB, not kill the
+    machine); check_memory=False builds it for a user who knows."""
+    import timm
+
+    from mscsa_lab.analysis import cost
+    from mscsa_lab.registry import create_mscsa_model
+
+    monkeypatch.setattr(cost, "available_memory_bytes", lambda device="cpu": 64 * 2**20)
+    big = dict(depth=2, mlp_ratio=8)
+    with pytest.raises(ResourceError, match=r"its weights alone need \d+(\.\d+)? MiB, and 64.0 MiB of memory is "
+                                            r"free\. Lower depth.*check_memory=False"):
+        create_mscsa_model(backbone="resnet10t", **big)
+    with pytest.raises(ResourceError, match="check_memory=False"):
+        timm.create_model("resnet18_mscsa", **big)
+    assert create_mscsa_model(backbone="resnet10t", check_memory=False, **big).num_classes == 1000
+    assert timm.create_model("resnet18_mscsa", check_memory=False, **big).num_classes == 1000
+    assert create_mscsa_model("resnet18").num_classes == 1000  # a profile as published is not costed
+
+
 def test_memory_estimate_follows_batch_and_training():
     one = estimate_cost(None, "resnet18", input_size=(64, 64), batch=1)
     eight = estimate_cost(None, "resnet18", input_size=(64, 64), batch=8)
