@@ -24,6 +24,11 @@ wheel, nor of the source distribution of recent versions; the script looks for i
 The model: ``create_mscsa_model`` with the same arguments on both sides (registered with timm for
 ``train.py`` under the name ``parity_mscsa`` by this script, which imports mscsa_lab first).
 
+Both sides train with one recipe: timm's AdamW recipe above, given to the engine as its own settings, and
+the engine's augmentation for small images (crop range, flips, no colour jitter), given to ``train.py``
+through its flags; the engines' own defaults differ (the engine starts without warm-up and keeps more of
+a small image in its crops), and comparing defaults would measure those choices rather than the engines.
+
 Both sides run one after the other in fresh processes with the same thread count (``--threads``)
 and no loader workers, so their images/s compare within one run of this script.
 """
@@ -122,7 +127,8 @@ def run_timm(train_py: Path, data: Path, out: Path, args, mode: str, classes: in
     command = [sys.executable, __file__, "--as-timm", str(train_py), "--",
                "--data-dir", str(data), "--train-split", "train", "--val-split", "val", "--model", "parity_mscsa",
                "--model-kwargs", *kwargs, "--num-classes", str(classes), "--img-size", str(args.img_size),
-               "-b", str(args.batch), "--epochs", str(args.epochs), *TIMM_RECIPE, "-j", "0", "--no-prefetcher",
+               "-b", str(args.batch), "--epochs", str(args.epochs), *TIMM_RECIPE,
+               *timm_augmentation_flags(args.img_size), "-j", "0", "--no-prefetcher",
                "--device", "cpu", "--seed", "0", "--log-interval", "10", "--checkpoint-hist", "1",
                "--output", str(out), "--experiment", "run"]
     log = _run(command, args.threads)
@@ -160,10 +166,32 @@ def engine_main(spec: str) -> None:
                                       images_per_s=result.images_per_s)))
 
 
+def shared_augmentation(img_size: int) -> dict:
+    """The training transform both sides use: the engine's crop range for this image size, flips, no colour
+    jitter (timm's train.py is given the same through its flags), so the gap measures the engines."""
+    from mscsa_lab.train.data import default_crop_scale
+
+    return dict(scale=default_crop_scale(img_size), hflip=0.5, color_jitter=0.0)
+
+
+def timm_augmentation_flags(img_size: int) -> list[str]:
+    shared = shared_augmentation(img_size)
+    return ["--scale", *map(str, shared["scale"]), "--hflip", str(shared["hflip"]),
+            "--color-jitter", str(shared["color_jitter"])]
+
+
+def steps_per_epoch(data: Path, batch: int) -> int:
+    """timm's warm-up epoch in updates (train.py drops the last partial batch)."""
+    images = sum(1 for path in (data / "train").rglob("*.png"))
+    return max(1, images // batch)
+
+
 def run_engine(data: Path, args, mode: str, weights: Path | None) -> dict:
+    # timm's recipe (TIMM_RECIPE) spelled in the engine's terms: lr, one warm-up epoch per update, label smoothing
     values = dict(data=str(data), backbone=args.backbone, backbone_kwargs=BACKBONE_KWARGS, mscsa=MSCSA,
                   mode=mode, img_size=args.img_size, batch_size=args.batch, epochs=args.epochs, workers=0, seed=0,
-                  eval_every=0)
+                  eval_every=0, lr=1e-3, weight_decay=0.05, warmup_steps=steps_per_epoch(data, args.batch),
+                  warmup_lr=1e-6, min_lr=0.0, smoothing=0.1, **shared_augmentation(args.img_size))
     if mode == "mscsa-only":
         values["pretrained_file"] = str(weights)
     log = _run([sys.executable, __file__, "--as-engine", json.dumps(values)], args.threads)
