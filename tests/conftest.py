@@ -28,6 +28,26 @@ def randomize_batchnorm(module: torch.nn.Module) -> None:
                 m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
 
 
+# The models the everyday loop (-m "not slow") checks a per-model contract on: a CNN, a ViT and TopFormer (MSCSA in
+# place of SASE). The other ten run in CI's whole suite, and in timm's own tests/test_models.py.
+QUICK_MODELS = ("resnet18", "pvt_v2_b0", "topformer_tiny")
+
+
+def everyday(values, name=lambda value: getattr(value, "name", value)):
+    """``values`` as pytest parameters, those not among ``QUICK_MODELS`` (by profile or ``*_mscsa`` name)
+    marked slow; ids are the names."""
+    quick = {*QUICK_MODELS, *(f"{n}_mscsa" for n in QUICK_MODELS)}
+    return [pytest.param(value, id=str(name(value)), marks=() if str(name(value)) in quick else pytest.mark.slow)
+            for value in values]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser and integration tests (servers, subprocesses) are slow too: the everyday loop leaves them out."""
+    for item in items:
+        if item.get_closest_marker("browser") or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     import socket
 

@@ -12,7 +12,7 @@ PUBLISHED = {"coat_tiny": dict(flops=4.4, params=5.5, flops_mscsa=4.4),
              "coat_small": dict(flops=12.6, params=21.7, flops_mscsa=13.0)}
 
 
-@pytest.mark.parametrize("name", ["coat_tiny", "coat_small"])
+@pytest.mark.parametrize("name", ["coat_tiny", pytest.param("coat_small", marks=pytest.mark.slow)])
 def test_flops_and_params_match_the_published_figures(name):
     pair = measure_pair(name)
     published = PUBLISHED[name]

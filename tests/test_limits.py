@@ -11,6 +11,7 @@ from mscsa_lab.workflows.limits import ResourceError, ResourceLimits, check_fits
 HUGE = dict(depth=24, num_heads=64, key_dim=512, mlp_ratio=16, squeeze_ratio=0.25)
 
 
+@pytest.mark.slow
 def test_an_enormous_configuration_is_costed_without_memory():
     started = time.perf_counter()
     estimate = estimate_cost("resnet18", **HUGE)

@@ -11,6 +11,8 @@ from mscsa_lab import BackboneError, ConfigError, PretrainedWeightsUnavailable, 
 from mscsa_lab.models.layers import ConvBN
 from mscsa_lab.presets import list_profiles
 
+from conftest import everyday
+
 AVAILABLE = [p for p in list_profiles() if p.available]
 
 
@@ -31,7 +33,7 @@ def test_every_timm_table7_backbone_is_registered():
 ODD_SIZE = {"coat_tiny": (256, 352), "coat_small": (256, 352)}
 
 
-@pytest.mark.parametrize("profile", AVAILABLE, ids=lambda p: p.name)
+@pytest.mark.parametrize("profile", everyday(AVAILABLE))
 def test_classification_shapes_at_224_and_odd_size(profile):
     model = build(profile, num_classes=10)
     with torch.no_grad():
@@ -51,7 +53,8 @@ def test_classification_shapes_at_224_and_odd_size(profile):
     assert mscsa_map.shape[-2:] == stages[pooled_stage].shape[-2:]  # 1/s pooling = the stride-s map's size
 
 
-@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "swin_tiny"])
+@pytest.mark.parametrize("name", ["resnet50", pytest.param("convnext_tiny", marks=pytest.mark.slow),
+                                  pytest.param("swin_tiny", marks=pytest.mark.slow)])
 def test_dense_shapes_at_detection_size(name):
     profile = next(p for p in AVAILABLE if p.name == name)
     model = build(profile, 800, 1280, task="dense")
@@ -180,8 +183,8 @@ def test_pretrained_weights_local_file_or_clear_error(tmp_path):
         timm.create_model("resnet18_mscsa", pretrained=True, pretrained_file=str(tmp_path / "nope.pth"))
 
 
-@pytest.mark.parametrize("name", ["topformer_tiny", "topformer_base", "coat_tiny", "coat_small", "p2t_tiny",
-                                  "shunted_tiny"])
+@pytest.mark.parametrize("name", everyday(["topformer_tiny", "topformer_base", "coat_tiny", "coat_small", "p2t_tiny",
+                                           "shunted_tiny"]))
 def test_new_table7_rows_profile_benchmark_and_render(name):
     """The six backbones timm lacks (or builds differently) go through every tool."""
     from mscsa_lab.bench.fps import measure_fps

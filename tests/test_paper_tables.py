@@ -63,7 +63,7 @@ def test_table5_rows(table5, variant):
     assert ours_change == pytest.approx(paper_change, abs=1.0)
 
 
-@pytest.mark.parametrize("name, ours", [("pvt_v2_b0", 2.755), ("resnet50", 15.284)])
+@pytest.mark.parametrize("name, ours", [("pvt_v2_b0", 2.755), pytest.param("resnet50", 15.284, marks=pytest.mark.slow)])
 def test_table2_dense_increments(name, ours):
     pair = measure_pair(name, (800, 1280), "dense")
     increment = (pair.flops_mscsa - pair.flops) / 1e9

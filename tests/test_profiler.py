@@ -168,6 +168,7 @@ def test_comparison_at_dense_resolution_has_no_paper_figures():
     assert math.isnan(row["Paper FLOPs (G)"]) and table.metadata["task"] == "dense"
 
 
+@pytest.mark.slow
 def test_budget_finds_the_closest_configuration_under_the_cap():
     result = fit_flops_budget("pvt_v2_b1", cap=0.10)
     assert result.config is not None and result.added_flops <= 0.10 * result.backbone_flops

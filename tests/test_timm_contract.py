@@ -23,6 +23,8 @@ from mscsa_lab.errors import UserError
 from mscsa_lab.models.mscsa_net import MSCSAAddOn, MSCSANet
 from mscsa_lab.presets import list_profiles
 
+from conftest import everyday
+
 MODELS = timm.list_models("*_mscsa")
 SIZE = 64
 BATCH = 2
@@ -58,7 +60,7 @@ def images(channels=3):
     return torch.randn(BATCH, channels, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=everyday(MODELS))
 def model(request):
     """One classification model per name (5 classes, drop_path_rate 0.1) in eval mode, shared by
     the tests of that name (pytest runs them together, so one model is alive at a time); tests
@@ -132,7 +134,7 @@ def test_reset_classifier_and_pooling(model):
         assert model.forward_head(features).shape == (BATCH, 3, *features.shape[-2:])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", everyday(MODELS))
 def test_global_pool_and_in_chans_at_creation(name):
     gray = create(name, num_classes=0, global_pool="", in_chans=1).eval()
     with torch.no_grad():
@@ -172,7 +174,7 @@ def test_mscsa_settings_keep_their_names_and_dense_task():
     assert list(library.state_dict()) == list(model.state_dict())
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", everyday(MODELS))
 def test_features_only_gives_the_fused_maps(name):
     features = create(name, features_only=True, out_indices=(1, 3)).eval()
     dense = features.model  # the dense model (Fig. 5) inside timm's feature getter
@@ -312,7 +314,7 @@ def test_pretrained_cfg_is_the_backbones_data_config(model):
     assert timm.data.resolve_data_config(model=model)["mean"] == tuple(source.mean)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", everyday(MODELS))
 def test_pretrained_offline_fails_fast_with_a_way_forward(name):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by conftest: nothing is downloaded here
     start = time.perf_counter()

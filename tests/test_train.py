@@ -109,6 +109,7 @@ def test_library_run_records_progress_writes_model_and_reloads(tmp_path):
     assert paths["confusion_png"].stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_stop_flag_and_resume_continue_where_the_run_left_off(tmp_path):
     config = tiny(ema=True)  # 3 steps per epoch, 3 epochs; augmentation on; EMA state resumes too
     straight = train(config.replace(out=str(tmp_path / "straight")))
@@ -202,6 +203,7 @@ def test_bad_inputs_give_clear_messages(tmp_path):
         train(tiny(mode="scratch", pretrained=True))
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
     data = tmp_path / "photos"
     write_png_folder(data / "train", COLOURS, count=6)
@@ -233,6 +235,7 @@ def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
 
 
 # ---------------------------------------------------------------------- two processes (torchrun, gloo)
+@pytest.mark.integration
 def test_torchrun_two_cpu_processes_match_one_process_with_the_same_micro_batches(tmp_path):
     """2 processes x batch 4 (plain DDP: each process's BatchNorm sees its 4 images; SyncBatchNorm
     is CUDA-only) equal 1 process x batch 4 x accum_steps 2, whose micro-batches are the same

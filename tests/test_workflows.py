@@ -85,6 +85,7 @@ def calls_of(function):
         sys.setprofile(previous)
 
 
+@pytest.mark.slow
 def test_the_command_line_and_the_app_call_the_same_workflow_functions(tmp_path, capsys):
     from webapp.forms import build_spec
     from webapp.tabs.build import run_build
