@@ -10,33 +10,20 @@ import re
 
 import pandas as pd
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from mscsa_lab.io.export import read_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "assets" / "screenshots"
 SAMPLE = ROOT / "assets" / "samples" / "star_large.png"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
-def page(app_url, tmp_path_factory):
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required: apt-get install chromium"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(120_000)
-        expect.set_options(timeout=60_000)  # a busy 2-core machine renders slowly; actions still must finish
-        page.goto(app_url)
-        expect(page.get_by_text("MSCSA Lab").first).to_be_visible()
-        yield page
-        browser.close()
+def page(browser_page):
+    return browser_page  # conftest: Debian's Chromium, 1400 px wide
 
 
 def screenshot(page, name: str, full_page: bool = True) -> Path:

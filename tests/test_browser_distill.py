@@ -12,16 +12,13 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from mscsa_lab.data.synthetic import CLASSES, make_sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TEACHER_CLASSES = [f"teacher's {name}" for name in CLASSES]  # names no other model in the app has
 
 
@@ -46,46 +43,39 @@ def teacher(tmp_path_factory) -> tuple[Path, Path]:
     return weights, classes
 
 
-def test_explain_a_backbone_from_uploaded_photos_then_render_its_maps(app_url, app_context, teacher):
+def test_explain_a_backbone_from_uploaded_photos_then_render_its_maps(browser_page, app_context, teacher):
     weights, classes = teacher
     photos = sorted((ROOT / "assets" / "samples").glob("*_large.png"))[:4]
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required: apt-get install chromium"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        page.set_default_timeout(120_000)
-        expect.set_options(timeout=60_000)
-        page.goto(app_url)
-        page.get_by_role("tab", name="Train").click()
-        page.locator("#explain-photos input[type=file]").set_input_files([str(p) for p in photos])
-        page.locator("#explain-backbone textarea, #explain-backbone input").first.fill("resnet10t")
-        page.locator("#explain-pretrained input").uncheck()
-        page.locator("#explain-weights input[type=file]").set_input_files(str(weights))
-        page.locator("#explain-classes input[type=file]").set_input_files(str(classes))
-        page.locator("#explain-steps input").fill("2")
-        page.locator("#explain-batch input").fill("4")
-        page.locator("#explain-name textarea, #explain-name input").first.fill("browser-explained")
-        page.locator("#explain-backbone textarea, #explain-backbone input").first.press("Tab")
-        expect(page.locator("#explain-tokens")).to_contain_text("at 224x224")  # the tokens before the run
-        started = time.perf_counter()
-        page.locator("#explain-button").click()
-        expect(page.locator("#explain-status")).to_contain_text("browser-explained reached its step limit",
-                                                                timeout=300_000)
-        expect(page.locator("#explain-status")).to_contain_text("agreement with the teacher")
-        expect(page.locator("#explain-status")).to_contain_text("X0 49 (7x7)")  # the tokens, from model.json
-        print(f"explaining in the browser (2 steps at 224 px): {time.perf_counter() - started:.1f} s")
+    page = browser_page
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#explain-photos input[type=file]").set_input_files([str(p) for p in photos])
+    page.locator("#explain-backbone textarea, #explain-backbone input").first.fill("resnet10t")
+    page.locator("#explain-pretrained input").uncheck()
+    page.locator("#explain-weights input[type=file]").set_input_files(str(weights))
+    page.locator("#explain-classes input[type=file]").set_input_files(str(classes))
+    page.locator("#explain-steps input").fill("2")
+    page.locator("#explain-batch input").fill("4")
+    page.locator("#explain-name textarea, #explain-name input").first.fill("browser-explained")
+    page.locator("#explain-backbone textarea, #explain-backbone input").first.press("Tab")
+    expect(page.locator("#explain-tokens")).to_contain_text("at 224x224")  # the tokens before the run
+    started = time.perf_counter()
+    page.locator("#explain-button").click()
+    expect(page.locator("#explain-status")).to_contain_text("browser-explained reached its step limit",
+                                                            timeout=300_000)
+    expect(page.locator("#explain-status")).to_contain_text("agreement with the teacher")
+    expect(page.locator("#explain-status")).to_contain_text("X0 49 (7x7)")  # the tokens, from model.json
+    print(f"explaining in the browser (2 steps at 224 px): {time.perf_counter() - started:.1f} s")
 
-        # The run is already the Saliency tab's model: render its maps on a photo
-        page.get_by_role("tab", name="Saliency").click()
-        expect(page.locator("#saliency-source input")).to_have_value("trained run browser-explained (resnet10t, 5 "
-                                                                     "classes)")
-        page.locator("#saliency-image input[type=file]").set_input_files(str(photos[0]))
-        page.locator("#saliency-button").click()
-        prediction = page.locator("#saliency-prediction")
-        expect(prediction).to_contain_text("Weights: trained run browser-explained")
-        expect(prediction).to_contain_text("Prediction: teacher's")  # one of the teacher's own class names
-        expect(page.locator("#saliency-grid img")).to_be_visible()
-        browser.close()
+    # The run is already the Saliency tab's model: render its maps on a photo
+    page.get_by_role("tab", name="Saliency").click()
+    expect(page.locator("#saliency-source input")).to_have_value("trained run browser-explained (resnet10t, 5 "
+                                                                 "classes)")
+    page.locator("#saliency-image input[type=file]").set_input_files(str(photos[0]))
+    page.locator("#saliency-button").click()
+    prediction = page.locator("#saliency-prediction")
+    expect(prediction).to_contain_text("Weights: trained run browser-explained")
+    expect(prediction).to_contain_text("Prediction: teacher's")  # one of the teacher's own class names
+    expect(page.locator("#saliency-grid img")).to_be_visible()
     meta = json.loads((app_context.runs_dir / "browser-explained" / "model.json").read_text())
     assert meta["mode"] == "distill" and meta["classes"] == TEACHER_CLASSES
     assert meta["teacher"]["weights"].startswith(str(app_context.runs_dir / ".uploads" / "browser-explained"))

@@ -9,29 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CYAN = np.array([0, 255, 255])
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required: apt-get install chromium"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        page.set_default_timeout(120_000)
-        expect.set_options(timeout=120_000)  # a busy 2-core machine renders slowly; actions still must finish
-        page.goto(app_url)
-        expect(page.get_by_text("MSCSA Lab").first).to_be_visible()
-        yield page
-        browser.close()
+def page(browser_page):
+    return browser_page  # conftest: Debian's Chromium, 1400 px wide
 
 
 def picture_rect(image) -> dict:
