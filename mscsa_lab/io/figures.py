@@ -70,7 +70,7 @@ def plot_comparison(frame: pd.DataFrame, title: str = "") -> Figure:
     figure, axis = new_figure(figsize=(max(6, 1.2 * len(models) + 2), 4))
     axis.bar(x - width / 2, frame["FLOPs (G)"], width, label="backbone (measured)")
     axis.bar(x + width / 2, frame["+MSCSA FLOPs (G)"], width, label="+MSCSA (measured)")
-    if "Paper FLOPs (G)" in frame:
+    if "Paper FLOPs (G)" in frame and frame["Paper FLOPs (G)"].notna().any():
         axis.scatter(x - width / 2, frame["Paper FLOPs (G)"], marker="_", s=300, color="black", label="paper", zorder=3)
         axis.scatter(x + width / 2, frame["Paper +MSCSA FLOPs (G)"], marker="_", s=300, color="black", zorder=3)
     for xi, delta in zip(x, frame["dFLOPs (%)"]):
@@ -79,7 +79,10 @@ def plot_comparison(frame: pd.DataFrame, title: str = "") -> Figure:
     axis.set_xticks(x, models, rotation=20, ha="right")
     axis.set_ylabel("GFLOPs (multiply-adds)")
     figure.suptitle(wrapped_title(title or "Backbones with and without MSCSA", figure.get_figwidth()))
-    axis.legend()
+    # Headroom above the tallest bar for its percentage and a one-row legend, so neither covers the other.
+    tallest = float(np.nanmax(frame[["FLOPs (G)", "+MSCSA FLOPs (G)"]].to_numpy(dtype=float)))
+    axis.set_ylim(0, tallest * 1.35 if np.isfinite(tallest) and tallest > 0 else 1)
+    axis.legend(loc="upper left", ncol=3, fontsize=8)
     figure.tight_layout(pad=1.6)  # room for the tick labels that overhang the axes
     return figure
 
