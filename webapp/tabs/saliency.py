@@ -56,7 +56,7 @@ def load_source(context: AppContext, source: str, spec: Any, checkpoint: str | N
 
 def run_saliency(context: AppContext, image: Any, method: str, kinds: list[str], block: Any, layer: Any, target: Any,
                  fit: str, source: str, checkpoint: str | None, spec: Any, query: tuple[float, float] | None = None,
-                 faithfulness: bool = True, click: tuple[float, float] | None = None) -> tuple:
+                 faithfulness: bool = False, click: tuple[float, float] | None = None) -> tuple:
     """(status, grid PNG, prediction, attention-mass chart, per-head PNG, raw maps .npz, faithfulness chart,
     faithfulness text, input view). ``query``: a pixel of the model's input; ``click``: a point on the input
     view; a click outside the picture changes only the status line (its message) and the view (a cross)."""
