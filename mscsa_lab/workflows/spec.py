@@ -183,11 +183,13 @@ class ModelSpec:
                     backbone_kwargs=dict(self.backbone_kwargs) or None, **self.settings_dict)
 
     def build(self) -> nn.Module:
-        """The model, in eval mode, with the requested weights."""
+        """The model, in eval mode, with the requested weights. Every action costs the spec first (``guard``:
+        weights and activations), so the library's own weights-only check is not run again here; call
+        ``guard(spec)`` before building a spec of your own."""
         from mscsa_lab.registry import create_mscsa_model
 
         return create_mscsa_model(self.profile, pretrained=self.pretrained, pretrained_file=self.pretrained_file,
-                                  **self.create_kwargs()).eval()
+                                  check_memory=False, **self.create_kwargs()).eval()
 
     def meta(self) -> nn.Module:
         """The model on PyTorch's meta device: shapes without weights or memory, for costing."""
