@@ -93,6 +93,7 @@ def main() -> None:
         time.sleep(3)
         start = rss_mb(server.pid)
         samples, stop, counts = [start], threading.Event(), {"done": 0, "failed": 0}
+        failures: list[str] = []
 
         def sample() -> None:
             while not stop.wait(1.0):
@@ -104,8 +105,9 @@ def main() -> None:
                 try:
                     request(client, index)
                     counts["done"] += 1
-                except Exception:  # noqa: BLE001 - counted
+                except Exception as error:  # noqa: BLE001 - counted, and its message kept
                     counts["failed"] += 1
+                    failures.append(str(error).splitlines()[0][:160] if str(error) else type(error).__name__)
                 index += args.clients
 
         threads = [threading.Thread(target=sample)] + [threading.Thread(target=work, args=(n,))
@@ -120,6 +122,8 @@ def main() -> None:
         idle = rss_mb(server.pid)
         print(f"{counts['done']} requests ({counts['failed']} failed) from {args.clients} clients in "
               f"{args.minutes:g} min; model store {args.cache_mb} MiB")
+        for message in sorted(set(failures)):
+            print(f"  failed ({failures.count(message)}x): {message}")
         print(f"resident memory: start {start:.0f} MiB, peak {max(samples):.0f} MiB, after 20 s idle {idle:.0f} MiB "
               f"({idle - start:+.0f} MiB, {idle / start:.2f}x the start)")
     finally:
