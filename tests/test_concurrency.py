@@ -65,8 +65,9 @@ def test_a_second_benchmark_waits_in_the_queue_with_its_position(app_url):
     finally:
         first.cancel()
         second.cancel()
-    time.sleep(5)
-    assert _process_cpu_share(2.0) < 0.25  # both stopped
+    # both stopped: the work ends within a step of the cancel; on a loaded machine a step takes longer
+    shares = [_process_cpu_share(2.0) for _ in range(10)]
+    assert min(shares) < 0.25, shares
 
 
 def test_an_abandoned_job_is_stopped_by_the_watchdog():
