@@ -66,8 +66,10 @@ def test_a_second_benchmark_waits_in_the_queue_with_its_position(app_url):
         first.cancel()
         second.cancel()
     # both stopped: the work ends within a step of the cancel; on a loaded machine a step takes longer
-    shares = [_process_cpu_share(2.0) for _ in range(10)]
-    assert min(shares) < 0.25, shares
+    shares = []
+    while len(shares) < 10 and (not shares or shares[-1] >= 0.25):
+        shares.append(_process_cpu_share(2.0))
+    assert shares[-1] < 0.25, shares
 
 
 def test_an_abandoned_job_is_stopped_by_the_watchdog():
