@@ -39,9 +39,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+PROFILE_NAMES = ("resnet18", "pvt_v2_b0", "convnext_tiny", "topformer_tiny")  # the rest are timm backbones
+
+
 def build_args(name: str, size: int) -> tuple:
-    return (name, "", "classification", size, size, "", "", "", "", "", True, True, True, "dwconv", "1000", False,
-            None)
+    """The Build form: a Table 7 profile in the profile field; any other timm name in the backbone field, which
+    then takes the place of the (always chosen) profile's backbone."""
+    profile, backbone = (name, "") if name in PROFILE_NAMES else (PROFILE_NAMES[0], name)
+    return (profile, backbone, "classification", size, size, "", "", "", "", "", True, True, True, "dwconv", "1000",
+            False, None)
 
 
 def request(client, index: int) -> None:
@@ -57,7 +63,8 @@ def request(client, index: int) -> None:
         client.predict(handle_file(str(SAMPLES[index % len(SAMPLES)])), "gradxact", ["key", "value"], 0, 1, "top-1",
                        "pad", source, None, api_name="/saliency")
     elif kind == 4:
-        client.predict([name], size, size, "classification", "mac", False, False, api_name="/compare")
+        profile = name if name in PROFILE_NAMES else PROFILE_NAMES[index % len(PROFILE_NAMES)]  # its list: profiles
+        client.predict([profile], size, size, "classification", "mac", False, False, api_name="/compare")
     else:
         try:
             client.predict(*build_args("no_such_net", size), api_name="/build")
