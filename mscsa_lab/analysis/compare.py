@@ -55,7 +55,7 @@ def as_configuration(item: Any, **settings: Any) -> Configuration:
         return item
     if hasattr(item, "settings") and hasattr(item, "label") and hasattr(item, "backbone"):  # a ModelSpec
         # An unmodified profile keeps the paper's title ("PVTv2-B0"): the label only names what differs.
-        own_label = item.label if item.modified or not item.profile or item.label != item.profile else ""
+        own_label = item.label if item.label != item.profile else ""
         return Configuration(label=own_label, name=item.profile or item.backbone, settings=tuple(item.settings),
                              input_size=tuple(item.input_size), task=item.task, modified=item.modified)
     name = getattr(item, "name", item)

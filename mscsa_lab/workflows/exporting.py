@@ -13,7 +13,7 @@ from typing import Mapping
 import pandas as pd
 
 from mscsa_lab.io.export import ResultTable
-from mscsa_lab.io.model_export import EXPORT_FORMATS, ExportError, export_model
+from mscsa_lab.io.model_export import EXPORT_FORMATS, ExportError, _target as export_target, export_model
 from mscsa_lab.workflows.result import ActionResult
 from mscsa_lab.workflows.sources import LoadedModel
 
@@ -28,12 +28,9 @@ def check_export_requests(outputs: Mapping[str, str | Path]) -> dict[str, Path]:
     for fmt, path in outputs.items():
         if fmt not in EXPORT_FORMATS:
             raise ExportError(f"format {fmt!r} is unknown: choose from {list(EXPORT_FORMATS)}")
-        path = Path(path).expanduser()
-        if path.suffix.lower() != EXPORT_FORMATS[fmt]:
+        if Path(path).suffix.lower() != EXPORT_FORMATS[fmt]:
             raise ExportError(f"a {fmt} file ends in {EXPORT_FORMATS[fmt]}, got {str(path)!r}")
-        if not path.parent.is_dir():
-            raise ExportError(f"folder {path.parent} does not exist: create it first or choose another path")
-        checked[fmt] = path
+        checked[fmt] = export_target(path, fmt)  # the exporter's own folder checks, before the model is built
     if len(set(checked.values())) < len(checked):
         raise ExportError("each format needs its own file")
     return checked
