@@ -13,7 +13,7 @@ import warnings
 
 import gradio as gr
 
-from webapp.context import DEFAULT_CACHE_BYTES, DEFAULT_UPLOAD_CAP_BYTES, AppContext
+from webapp.context import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_IDLE_S, DEFAULT_UPLOAD_CAP_BYTES, AppContext
 from webapp.tabs import Shared, benchmark, build, compare, profile, saliency, train
 
 # Checkpoints are the largest uploads (a 224x224 PVTv2-B1+MSCSA is 75 MB in fp32); images are further
@@ -78,12 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-mb", type=int, default=DEFAULT_CACHE_BYTES // 2**20,
                         help="memory the cache of built models may hold, in MiB (default: "
                              f"{DEFAULT_CACHE_BYTES // 2**20}); least recently used models go first")
+    parser.add_argument("--cache-idle-s", type=float, default=DEFAULT_CACHE_IDLE_S,
+                        help="seconds without a request after which the cached models are let go, so an idle app "
+                             f"gives their memory back (default: {DEFAULT_CACHE_IDLE_S:g}; 0: keep them)")
     args = parser.parse_args(argv)
     from mscsa_lab.workflows.store import ModelStore
 
     limits = dataclasses.replace(defaults, **{name: getattr(args, name) for name in LIMIT_FLAGS}).validate()
     context = AppContext(limits=limits, store=ModelStore(args.cache_mb * 2**20),
-                         upload_cap_bytes=args.uploads_mb * 2**20,
+                         upload_cap_bytes=args.uploads_mb * 2**20, cache_idle_s=max(0.0, args.cache_idle_s),
                          **({"runs_dir": args.runs_dir} if args.runs_dir else {}))
     if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
         warnings.warn(

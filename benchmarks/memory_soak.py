@@ -5,8 +5,9 @@
 Starts the app as its own process on a free local port (runs in a temporary folder), records its resident
 memory once it serves, then sends mixed requests (builds and profiles of several models, saliency maps,
 comparisons, bad inputs) from ``--clients`` clients for ``--minutes``, samples the memory every second,
-then lets it sit idle and prints: memory at start, the peak, and memory after 20 s idle (the model store
-keeps up to ``--cache-mb`` of weights by design; the rest should be handed back).
+then lets it sit idle and prints: memory at start, the peak, memory after 20 s idle (the model store
+keeps up to ``--cache-mb`` of weights by design; the rest should be handed back), and memory once the app
+has let its cached models go (its ``--cache-idle-s``, here ``--release-s``; 600 s by default in the app).
 """
 from __future__ import annotations
 
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the load (default: 10)")
     parser.add_argument("--clients", type=int, default=4, help="clients sending requests at once (default: 4)")
     parser.add_argument("--cache-mb", type=int, default=2048, help="the app's model store (default: 2048 MiB)")
+    parser.add_argument("--release-s", type=float, default=60.0,
+                        help="the app's --cache-idle-s: idle seconds before it lets its cached models go (default: 60)")
     args = parser.parse_args()
     from gradio_client import Client
 
@@ -84,7 +87,7 @@ def main() -> None:
     runs = tempfile.mkdtemp(prefix="mscsa_soak_runs_")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", runs, "--cache-mb",
-                               str(args.cache_mb)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               str(args.cache_mb), "--cache-idle-s", str(args.release_s)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -127,12 +130,15 @@ def main() -> None:
             thread.join(timeout=600)
         time.sleep(20)  # idle: the app collects and hands memory back after 5 s without requests
         idle = rss_mb(server.pid)
+        time.sleep(max(0.0, args.release_s - 20) + 15)
+        released = rss_mb(server.pid)
         print(f"{counts['done']} requests ({counts['failed']} failed) from {args.clients} clients in "
               f"{args.minutes:g} min; model store {args.cache_mb} MiB")
         for message in sorted(set(failures)):
             print(f"  failed ({failures.count(message)}x): {message}")
         print(f"resident memory: start {start:.0f} MiB, peak {max(samples):.0f} MiB, after 20 s idle {idle:.0f} MiB "
-              f"({idle - start:+.0f} MiB, {idle / start:.2f}x the start)")
+              f"({idle - start:+.0f} MiB, {idle / start:.2f}x the start); after {args.release_s:g} s idle (cached "
+              f"models let go) {released:.0f} MiB ({released - start:+.0f} MiB, {released / start:.2f}x the start)")
     finally:
         server.kill()
         server.wait(timeout=30)

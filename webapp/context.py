@@ -18,13 +18,14 @@ from mscsa_lab.workflows.limits import DEFAULT_LIMITS, ResourceLimits
 from mscsa_lab.workflows.store import ModelStore
 from webapp.runs import JobSlot
 
-__all__ = ["AppContext", "DEFAULT_CACHE_BYTES", "OUTPUT_MAX_AGE_S"]
+__all__ = ["AppContext", "DEFAULT_CACHE_BYTES", "DEFAULT_CACHE_IDLE_S", "OUTPUT_MAX_AGE_S"]
 
 DEFAULT_CACHE_BYTES = 2 * 2**30
 OUTPUT_MAX_AGE_S = 3600
 DEFAULT_UPLOAD_CAP_BYTES = 2 * 2**30  # all uploads together (Gradio also removes those older than an hour)
 UPLOAD_GRACE_S = 120  # an upload younger than this may still be in use by its request: never removed
 IDLE_TRIM_S = 5.0  # an idle app collects garbage and hands freed heap memory back after this long
+DEFAULT_CACHE_IDLE_S = 600.0  # ... and after this long without a request, the built models it kept as well
 
 
 def _trim_memory() -> None:
@@ -54,10 +55,12 @@ class AppContext:
     jobs: JobSlot = field(default_factory=JobSlot)
     uploads_dir: Path | None = None  # Gradio's upload folder (None: its default)
     upload_cap_bytes: int = DEFAULT_UPLOAD_CAP_BYTES
+    cache_idle_s: float = DEFAULT_CACHE_IDLE_S  # 0: keep the built models however long the app sits idle
     _messages: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _active: int = field(default=0, repr=False)
     _idle_timer: threading.Timer | None = field(default=None, repr=False)
+    _release_timer: threading.Timer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir).expanduser().resolve()
@@ -109,18 +112,32 @@ class AppContext:
         """A request starts: no memory trimming while anything runs."""
         with self._lock:
             self._active += 1
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
+            for timer in (self._idle_timer, self._release_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._idle_timer = self._release_timer = None
 
     def end(self) -> None:
-        """A request ended: once nothing has run for ``IDLE_TRIM_S``, give freed memory back to the system."""
+        """A request ended: once nothing has run for ``IDLE_TRIM_S``, give freed memory back to the system;
+        after ``cache_idle_s`` without a request, the models the store kept too (an idle app on a shared
+        machine comes back near its starting memory; the next request builds again, in seconds)."""
         with self._lock:
             self._active = max(0, self._active - 1)
             if self._active == 0:
                 self._idle_timer = threading.Timer(IDLE_TRIM_S, _trim_memory)
                 self._idle_timer.daemon = True
                 self._idle_timer.start()
+                if self.cache_idle_s > 0:
+                    self._release_timer = threading.Timer(self.cache_idle_s, self._release_store)
+                    self._release_timer.daemon = True
+                    self._release_timer.start()
+
+    def _release_store(self) -> None:
+        with self._lock:
+            if self._active:  # a request began meanwhile (its begin() cancels this timer; this is the race)
+                return
+        self.store.cache.clear()
+        _trim_memory()
 
     # ------------------------------------------------------------------ the tabs' last messages
     def remember(self, session: str, tab: str, message: str) -> None:
