@@ -49,6 +49,8 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
     hands every ``mscsa_lab.*`` module a loader that counts the package's imports in progress, and the
     registry is imported when timm is loaded and none is in progress, or else as soon as the last ends."""
 
+    _mscsa_lab = True  # its kind, also across a re-import of the package (a new class then)
+
     def __init__(self) -> None:
         self.depth = 0
         self.pending = False
@@ -60,7 +62,7 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
             return None
         spec = None
         for finder in sys.meta_path:
-            if finder is not self and hasattr(finder, "find_spec"):
+            if finder is not self and hasattr(finder, "find_spec") and not getattr(finder, "_mscsa_lab", False):
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
                     break
@@ -107,5 +109,6 @@ class _Counted(importlib.abc.Loader):
 
 if "timm" in sys.modules:
     importlib.import_module("mscsa_lab.registry")
-elif not any(isinstance(finder, _RegisterWithTimm) for finder in sys.meta_path):
+else:  # one finder, also when the package is imported again (importlib.reload, or removed from sys.modules)
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "_mscsa_lab", False)]
     sys.meta_path.insert(0, _RegisterWithTimm())
