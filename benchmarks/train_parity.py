@@ -3,6 +3,7 @@ batch and number of optimizer steps; held-out top-1 at the end and training imag
 
     nice -n 10 python benchmarks/train_parity.py                      # digits + shapes, scratch + mscsa-only
     nice -n 10 python benchmarks/train_parity.py --datasets digits --modes scratch --epochs 2
+    nice -n 10 python benchmarks/train_parity.py --seeds 3      # each row: the mean of seeds 0, 1, 2 per side
     python benchmarks/train_parity.py --timm-train ~/src/pytorch-image-models/train.py
 
 Datasets, made offline in ``--cache`` (default ``~/.cache/mscsa_lab/parity``), never in the tree:
@@ -30,7 +31,10 @@ through its flags; the engines' own defaults differ (the engine starts without w
 a small image in its crops), and comparing defaults would measure those choices rather than the engines.
 
 Both sides run one after the other in fresh processes with the same thread count (``--threads``)
-and no loader workers, so their images/s compare within one run of this script.
+and no loader workers, so their images/s compare within one run of this script. A few hundred steps on
+a few hundred held-out images move top-1 by a few points from one seed to the next on either side
+(initialisation, loader order); ``--seeds N`` trains each side with seeds 0..N-1 and compares the means
+(each seed's pair is printed too, and the spread across seeds beside the mean).
 """
 from __future__ import annotations
 
@@ -87,7 +91,7 @@ def find_timm_train(explicit: str | None, cache: Path) -> Path:
              f"pass --timm-train PATH.")
 
 
-def timm_wrapper_main(train_py: str, argv: list[str]) -> None:
+def timm_wrapper_main(train_py: str, seed: int, argv: list[str]) -> None:
     """Run timm's train.py in this process with ``parity_mscsa`` registered (called in the subprocess)."""
     import runpy
 
@@ -115,21 +119,22 @@ def timm_wrapper_main(train_py: str, argv: list[str]) -> None:
             model.train = train_mode.__get__(model)
         return model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     sys.argv = [train_py, *argv]
     runpy.run_path(train_py, run_name="__main__")
 
 
-def run_timm(train_py: Path, data: Path, out: Path, args, mode: str, classes: int, weights: Path | None) -> dict:
+def run_timm(train_py: Path, data: Path, out: Path, args, mode: str, classes: int, weights: Path | None,
+             seed: int = 0) -> dict:
     kwargs = [f"backbone={args.backbone}", f"backbone_kwargs={BACKBONE_KWARGS!r}", f"config={MSCSA!r}"]
     if mode == "mscsa-only":
         kwargs += [f"pretrained_file={weights}", "freeze=True"]
-    command = [sys.executable, __file__, "--as-timm", str(train_py), "--",
+    command = [sys.executable, __file__, "--as-timm", str(train_py), str(seed), "--",
                "--data-dir", str(data), "--train-split", "train", "--val-split", "val", "--model", "parity_mscsa",
                "--model-kwargs", *kwargs, "--num-classes", str(classes), "--img-size", str(args.img_size),
                "-b", str(args.batch), "--epochs", str(args.epochs), *TIMM_RECIPE,
                *timm_augmentation_flags(args.img_size), "-j", "0", "--no-prefetcher",
-               "--device", "cpu", "--seed", "0", "--log-interval", "10", "--checkpoint-hist", "1",
+               "--device", "cpu", "--seed", str(seed), "--log-interval", "10", "--checkpoint-hist", "1",
                "--output", str(out), "--experiment", "run"]
     log = _run(command, args.threads)
     summary = (out / "run" / "summary.csv").read_text().strip().splitlines()
@@ -186,10 +191,10 @@ def steps_per_epoch(data: Path, batch: int) -> int:
     return max(1, images // batch)
 
 
-def run_engine(data: Path, args, mode: str, weights: Path | None) -> dict:
+def run_engine(data: Path, args, mode: str, weights: Path | None, seed: int = 0) -> dict:
     # timm's recipe (TIMM_RECIPE) spelled in the engine's terms: lr, one warm-up epoch per update, label smoothing
     values = dict(data=str(data), backbone=args.backbone, backbone_kwargs=BACKBONE_KWARGS, mscsa=MSCSA,
-                  mode=mode, img_size=args.img_size, batch_size=args.batch, epochs=args.epochs, workers=0, seed=0,
+                  mode=mode, img_size=args.img_size, batch_size=args.batch, epochs=args.epochs, workers=0, seed=seed,
                   eval_every=0, lr=1e-3, weight_decay=0.05, warmup_steps=steps_per_epoch(data, args.batch),
                   warmup_lr=1e-6, min_lr=0.0, smoothing=0.1, **shared_augmentation(args.img_size))
     if mode == "mscsa-only":
@@ -279,6 +284,19 @@ def pretrained_backbone(cache: Path, args) -> Path:
 
 
 # ---------------------------------------------------------------------- main
+def _row(dataset: str, label: str, ours: dict, theirs: dict) -> str:
+    return (f"{dataset:8} {label:15} {ours['steps']:>5} {ours['top1']:>10.2f} {theirs['top1']:>10.2f} "
+            f"{ours['top1'] - theirs['top1']:>+6.2f} {ours['images_per_s']:>10.1f} {theirs['images_per_s']:>10.1f}"
+            + ("" if ours["steps"] == theirs["steps"] else f"  (timm ran {theirs['steps']} steps)"))
+
+
+def _mean(results: list[dict]) -> dict:
+    """The seeds' mean of top-1 and images/s; ``spread``: max - min of top-1."""
+    top1 = [r["top1"] for r in results]
+    return dict(top1=float(np.mean(top1)), steps=results[0]["steps"], spread=max(top1) - min(top1),
+                images_per_s=float(np.mean([r["images_per_s"] for r in results])))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="digits,shapes")
@@ -289,6 +307,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of both sides (equal steps)")
     parser.add_argument("--shapes", type=int, nargs=2, default=(1600, 400), metavar=("TRAIN", "VAL"))
     parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per side; rows compare the means (default: 1)")
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--timm-train", default=None, help="path of timm's train.py")
     parser.add_argument("--cache", default=str(CACHE))
@@ -309,7 +328,7 @@ def main() -> None:
     modes = args.modes.split(",")
     weights = pretrained_backbone(cache, args) if "mscsa-only" in modes else None
     rows = []
-    print(f"{'dataset':8} {'mode':11} {'steps':>5} {'ours top-1':>10} {'timm top-1':>10} {'diff':>6} "
+    print(f"{'dataset':8} {'mode':15} {'steps':>5} {'ours top-1':>10} {'timm top-1':>10} {'diff':>6} "
           f"{'ours img/s':>10} {'timm img/s':>10}", flush=True)
     for dataset in args.datasets.split(","):
         folder = cache / f"{dataset}-{args.img_size}px"
@@ -320,20 +339,27 @@ def main() -> None:
         else:
             sys.exit(f"unknown dataset {dataset!r}: digits or shapes")
         for mode in modes:
-            ours = run_engine(folder, args, mode, weights)
-            theirs = run_timm(train_py, folder, cache / "timm-runs" / f"{dataset}-{mode}-{int(time.time())}", args,
-                              mode, classes, weights)
-            row = dict(dataset=dataset, mode=mode, ours=ours, timm=theirs)
-            rows.append(row)
-            print(f"{dataset:8} {mode:11} {ours['steps']:>5} {ours['top1']:>10.2f} {theirs['top1']:>10.2f} "
-                  f"{ours['top1'] - theirs['top1']:>+6.2f} {ours['images_per_s']:>10.1f} {theirs['images_per_s']:>10.1f}"
-                  + ("" if ours["steps"] == theirs["steps"] else f"  (timm ran {theirs['steps']} steps)"), flush=True)
+            pairs = []
+            for seed in range(max(1, args.seeds)):
+                ours = run_engine(folder, args, mode, weights, seed)
+                theirs = run_timm(train_py, folder, cache / "timm-runs" / f"{dataset}-{mode}-{seed}-{int(time.time())}",
+                                  args, mode, classes, weights, seed)
+                pairs.append((ours, theirs))
+                label = mode if args.seeds <= 1 else f"{mode} s{seed}"
+                print(_row(dataset, label, ours, theirs), flush=True)
+            if args.seeds > 1:
+                ours, theirs = _mean([p[0] for p in pairs]), _mean([p[1] for p in pairs])
+                spread = f"  (seed spread: ours {ours['spread']:.2f}, timm {theirs['spread']:.2f} points)"
+                print(_row(dataset, f"{mode} mean", ours, theirs) + spread, flush=True)
+            rows.append(dict(dataset=dataset, mode=mode, seeds=[dict(seed=i, ours=o, timm=t)
+                                                                  for i, (o, t) in enumerate(pairs)],
+                             ours=ours, timm=theirs))
     (cache / "last_parity.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--as-timm":
-        timm_wrapper_main(sys.argv[2], sys.argv[4:])
+        timm_wrapper_main(sys.argv[2], int(sys.argv[3]), sys.argv[5:])
     elif len(sys.argv) > 2 and sys.argv[1] == "--as-engine":
         engine_main(sys.argv[2])
     else:
