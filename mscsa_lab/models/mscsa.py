@@ -19,6 +19,8 @@ settings fixed at construction, never on a tensor's shape. The head and the dens
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import List, Sequence, Tuple
 
 import torch
@@ -361,6 +363,19 @@ class MSCSA(nn.Module):
         if len(in_channels) != 4:
             raise ValueError(f"MSCSA takes four stage maps (strides 4..32), got {len(in_channels)} widths")
         self.config = config
+        # With the zero-residual init every weight and statistic is set below, so the layers are first made on
+        # the meta device (no memory, no default init) and given memory once: building drew each conv's weights
+        # twice, and the default draw was most of the time an MSCSA took to build.
+        target = torch.get_default_device()
+        deferred = config.weight_init == "zero_residual" and target.type != "meta"
+        with torch.device("meta") if deferred else contextlib.nullcontext():
+            self._make_layers(in_channels, config, task)
+        if deferred:
+            self.to_empty(device=target)
+        if config.weight_init == "zero_residual":
+            init_zero_residual(self)
+
+    def _make_layers(self, in_channels: Sequence[int], config: MSCSAConfig, task: str) -> None:
         self.aggregation = MultiStageAggregation(
             in_channels, config.squeeze_ratio, config.pool_stride_for(task), config.upsample_mode
         )
@@ -387,8 +402,6 @@ class MSCSA(nn.Module):
                 for rate in drop_rates
             ]
         )
-        if config.weight_init == "zero_residual":
-            init_zero_residual(self)
 
     def attention_layers(self) -> list[CrossScaleAttention]:
         return [m for m in self.modules() if isinstance(m, CrossScaleAttention)]
