@@ -9,7 +9,7 @@ from mscsa_lab.io.numbers import human_count
 from mscsa_lab.workflows.limits import ResourceLimits, guard
 from mscsa_lab.workflows.result import ActionResult
 from mscsa_lab.workflows.spec import ModelSpec
-from mscsa_lab.workflows.store import ModelStore, obtain_model
+from mscsa_lab.workflows.store import ModelStore, read_model
 
 __all__ = ["build_action", "weights_note"]
 
@@ -37,10 +37,11 @@ def build_action(spec: ModelSpec, *, store: ModelStore | None = None, limits: Re
     from mscsa_lab.analysis.diagram import model_diagram
     from mscsa_lab.analysis.observe import observe_model
 
-    guard(spec, limits, copies=2 if store is not None else 1)
-    model = obtain_model(spec, store)
-    observation = observe_model(model, spec.input_size)
-    tables = architecture_tables(model, spec.input_size, observation)
+    guard(spec, limits, copies=1)  # the stored model is read, not copied
+    with read_model(spec, store) as model:
+        observation = observe_model(model, spec.input_size)
+        tables = architecture_tables(model, spec.input_size, observation)
+        diagram = model_diagram(model, spec.input_size, observation)
     summary = tables["summary"]
     height, width = spec.input_size
     title = f"{spec.label} + MSCSA ({spec.task}, {height}x{width})"
@@ -60,7 +61,7 @@ def build_action(spec: ModelSpec, *, store: ModelStore | None = None, limits: Re
         title=title,
         table=table("Stages", tables["stages"]),
         tables={"scales": table("Key/value scales", tables["scales"]), "params": table("Parameters", params)},
-        figures={"diagram": model_diagram(model, spec.input_size, observation)},
+        figures={"diagram": diagram},
         summary=text,
         notes=[weights_note(spec)],
         data={"summary": summary},

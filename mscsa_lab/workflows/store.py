@@ -8,14 +8,15 @@ from under a running request.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["ModelCache", "ModelStore", "model_bytes", "obtain_model"]
+__all__ = ["ModelCache", "ModelStore", "model_bytes", "obtain_model", "read_model"]
 
 
 def model_bytes(value: Any) -> int:
@@ -79,10 +80,25 @@ class ModelStore:
 
     def __init__(self, budget_bytes: int = 2 * 2**30) -> None:
         self.cache = ModelCache(budget_bytes)
+        self._readers: dict[Hashable, threading.Lock] = {}
+        self._readers_lock = threading.Lock()
 
     def cached(self, spec: Any) -> Any:
         """The shared model of ``spec`` (never to be changed by a request)."""
         return self.cache.get(("spec", spec), spec.build)
+
+    @contextlib.contextmanager
+    def reading(self, spec: Any) -> Iterator[Any]:
+        """The shared model of ``spec`` for a request that only reads it (one eval-mode pass, its
+        parameters): no copy, one such reader at a time per spec (a pass switches the model to eval mode
+        and back, and hooks see every pass)."""
+        with self._readers_lock:
+            lock = self._readers.setdefault(("spec", spec), threading.Lock())
+            if len(self._readers) > 256:  # specs come and go: forget the locks nobody holds
+                for key in [k for k, held in self._readers.items() if not held.locked() and held is not lock]:
+                    del self._readers[key]
+        with lock:
+            yield self.cached(spec)
 
     def copy_of(self, spec: Any) -> Any:
         import copy
@@ -97,3 +113,14 @@ class ModelStore:
 def obtain_model(spec: Any, store: "ModelStore | None" = None) -> Any:
     """A model of ``spec`` that the caller may change: a copy of the stored one, or a fresh build."""
     return store.copy_of(spec) if store is not None else spec.build()
+
+
+@contextlib.contextmanager
+def read_model(spec: Any, store: "ModelStore | None" = None) -> Iterator[Any]:
+    """A model of ``spec`` that the caller only reads: the stored one itself (``ModelStore.reading``), or a
+    fresh build."""
+    if store is None:
+        yield spec.build()
+    else:
+        with store.reading(spec) as model:
+            yield model

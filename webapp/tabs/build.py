@@ -30,15 +30,14 @@ def run_build(context: AppContext, values: dict[str, Any]) -> tuple:
     stem = folder / export_stem("diagram", spec.label, spec.task, spec.input_size)
     from mscsa_lab.analysis.diagram import figure_svg
 
-    # The diagram is drawn once as PNG (shown in the page and offered) and once as SVG (text kept as text):
-    # sized from its content, it needs no tight bounding box.
-    result.figure.savefig(stem.with_suffix(".png"), format="png", dpi=120)
+    # The diagram is drawn once, as SVG (its words kept as text): shown in the page and offered for download
+    # (rasterising it as well took as long as building a small model; `mscsa-lab build NAME --plot x.png` does).
     stem.with_suffix(".svg").write_text(figure_svg(result.figure), encoding="utf-8")
-    files = [str(stem.with_suffix(".svg")), str(stem.with_suffix(".png"))]
+    files = [str(stem.with_suffix(".svg"))]
     status = f"Built {spec.label} + MSCSA in {time.perf_counter() - started:.1f} s."
     text = result.summary + "\n\n" + "\n".join(result.notes)
     return (status, text, show_frame(result.table), show_frame(result.tables["scales"]),
-            show_frame(result.tables["params"]), files[1], files, spec)
+            show_frame(result.tables["params"]), files[0], files, spec)
 
 
 def pinned_text(pinned: list[ModelSpec] | None) -> str:
@@ -99,7 +98,7 @@ def render(context: AppContext, shared: Shared) -> None:
         params = result_frame("Parameters", "build-params")
     diagram = gr.Image(label="The built model (drawn from the model itself)", elem_id="build-diagram",
                        interactive=False, type="filepath")
-    diagram_files = gr.File(label="Diagram (SVG, PNG)", file_count="multiple", elem_id="build-files")
+    diagram_files = gr.File(label="Diagram (SVG)", file_count="multiple", elem_id="build-files")
 
     fields = dict(zip(BUILD_FIELDS, (profile, backbone, task, height, width, depth, num_heads, key_dim, mlp_ratio,
                                      squeeze, use_pcp, use_intra_ffn, use_msp, downsample, num_classes, pretrained,
