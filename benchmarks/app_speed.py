@@ -84,7 +84,18 @@ def build_ratios(names: list[str], repeats: int) -> None:
         model_name = profile.model_name if timm.is_model(profile.model_name) else registered.get(name)
         backbone = seconds(lambda: timm.create_model(profile.baseline_model), repeats)
         with_mscsa = seconds(lambda: timm.create_model(model_name), repeats)
+        params = parameter_count(model_name) / parameter_count(profile.baseline_model)
         line(f"{model_name} / {profile.baseline_model}", with_mscsa / backbone, "<= 1.5")
+        print(f"    (parameters {params:.2f}x the backbone's: per parameter drawn, {with_mscsa / backbone / params:.2f}x)")
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of a timm model, counted on the meta device (every one of them is drawn when it is built)."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in timm.create_model(name).parameters())
 
 
 def profile_and_budget(names: list[str]) -> None:

@@ -44,9 +44,16 @@ def _build_seconds(name: str) -> float:
     return seconds
 
 
+def _parameters(name: str) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in timm.create_model(name).parameters())
+
+
 def build_ratios(names: list[str] | None = None, repeats: int = 3) -> list[dict]:
     """Per model: ``name``, ``backbone``, ``mscsa_s`` and ``backbone_s`` (median build seconds, timed
-    alternately) and ``ratio`` (model / backbone). ``names`` default to the 13 registered models."""
+    alternately), ``ratio`` (model / backbone), ``params_ratio`` (their parameters) and ``per_param``
+    (ratio / params_ratio: every parameter is drawn at random when a model is built, so time follows
+    them). ``names`` default to the 13 registered models."""
     rows = []
     for name in names or list(_REGISTERED):
         backbone = backbone_of(name)
@@ -56,8 +63,9 @@ def build_ratios(names: list[str] | None = None, repeats: int = 3) -> list[dict]
             backbone_times.append(_build_seconds(backbone))
             model_times.append(_build_seconds(name))
         model_s, backbone_s = statistics.median(model_times), statistics.median(backbone_times)
+        params = _parameters(name) / _parameters(backbone)
         rows.append(dict(name=name, backbone=backbone, mscsa_s=model_s, backbone_s=backbone_s,
-                         ratio=model_s / backbone_s))
+                         ratio=model_s / backbone_s, params_ratio=params, per_param=model_s / backbone_s / params))
     return rows
 
 
@@ -76,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not registered *_mscsa models: {unknown}; choose from {list(_REGISTERED)}")
     print(f"torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}; "
           f"median of {args.repeats} alternate builds; target ratio <= {TARGET}")
-    print("| Model | timm backbone | build (s) | backbone build (s) | ratio |")
-    print("|---|---|---:|---:|---:|")
+    print("| Model | timm backbone | build (s) | backbone build (s) | ratio | parameters ratio | ratio per parameter |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     rows = build_ratios(args.names or None, args.repeats)
     for row in rows:
         flag = "" if row["ratio"] <= TARGET else " (over target)"
         print(f"| {row['name']} | {row['backbone']} | {row['mscsa_s']:.3f} | {row['backbone_s']:.3f} | "
-              f"{row['ratio']:.2f}{flag} |")
+              f"{row['ratio']:.2f}{flag} | {row['params_ratio']:.2f} | {row['per_param']:.2f} |")
     print(f"worst ratio: {max(row['ratio'] for row in rows):.2f}")
     return 0
 
