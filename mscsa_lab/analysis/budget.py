@@ -120,7 +120,9 @@ def fit_flops_budget(
         if min(config.squeezed_channels(channels)) < 1:
             counted[key] = None
             return None
-        addon = MSCSAAddOn(channels, config, task, num_classes).eval()
+        with torch.device("meta"):  # counting needs shapes, not values: no weights drawn per candidate
+            addon = MSCSAAddOn(channels, config, task, num_classes)
+        addon = addon.to_empty(device="cpu").eval()
         added = features_flops + flop_analysis(addon, stage_maps).total() - backbone_flops
         tried.append(dict(heads=heads, key_dim=key_dim, squeeze_ratio=_ratio_text(ratio), added_gflops=added / 1e9,
                           share_pct=100 * added / backbone_flops, fits=added <= limit))
