@@ -40,3 +40,23 @@ def test_a_request_in_time_keeps_them_and_zero_keeps_them_always(tmp_path):
     keeping.end()
     time.sleep(0.5)
     assert len(keeping.store.cache) == 1
+
+
+def test_an_upload_the_server_removed_gets_a_message_that_says_upload_it_again(tmp_path):
+    import gradio as gr
+    import pytest
+
+    from webapp.actions import tab_action
+
+    uploads = tmp_path / "uploads"
+    (uploads / "abc").mkdir(parents=True)
+    kept = uploads / "abc" / "cat.png"
+    kept.write_bytes(b"x")
+    context = AppContext(runs_dir=tmp_path / "runs", outputs_dir=tmp_path / "out", uploads_dir=uploads)
+    handler = tab_action(context, "Saliency", lambda image, names: f"read {image}")
+    assert handler(str(kept), ["a"]) == f"read {kept}"
+    assert handler(str(tmp_path / "elsewhere.png"), ["a"]).startswith("read")  # not an upload: the action decides
+    with pytest.raises(gr.Error, match="uploaded file 'star.png' is no longer on the server.*upload it again"):
+        handler(str(uploads / "def" / "star.png"), ["a"])
+    with pytest.raises(gr.Error, match="no longer on the server"):
+        handler([str(kept), str(uploads / "gone.jpg")], ["a"])  # a list of files (a folder upload)

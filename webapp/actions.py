@@ -74,6 +74,7 @@ def tab_action(context: AppContext, tab: str, fn: Callable, arg_names: Sequence[
             context.sweep_uploads()
             context.begin()
             try:
+                context.require_uploads(values)
                 yield from fn(*values)
             except Exception as error:  # noqa: BLE001 - every failure gets its message
                 raise fail(error, request) from None
@@ -85,6 +86,7 @@ def tab_action(context: AppContext, tab: str, fn: Callable, arg_names: Sequence[
             context.sweep_uploads()
             context.begin()
             try:
+                context.require_uploads(values)
                 return fn(*values)
             except Exception as error:  # noqa: BLE001
                 raise fail(error, request) from None

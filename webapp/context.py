@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mscsa_lab.workflows.limits import DEFAULT_LIMITS, ResourceLimits
 from mscsa_lab.workflows.store import ModelStore
@@ -106,6 +107,26 @@ class AppContext:
             total -= size
             removed += size
         return removed
+
+    def require_uploads(self, values: Any) -> None:
+        """Say so when a request names an upload the server no longer has (Gradio removes its copies after an
+        hour, and an image uploaded again with the same content keeps the first copy's age)."""
+        import gradio.utils
+
+        from mscsa_lab.io.guarded import InputFileError, shown_name
+
+        folder = str(Path(self.uploads_dir or gradio.utils.get_upload_folder()))
+        pending = list(values) if isinstance(values, (tuple, list)) else [values]
+        while pending:
+            value = pending.pop()
+            if isinstance(value, (tuple, list)):
+                pending.extend(value)
+            elif isinstance(value, dict):
+                pending.extend(value.values())
+            elif isinstance(value, (str, os.PathLike)) and str(value).startswith(folder + os.sep) \
+                    and not os.path.exists(value):
+                raise InputFileError(f"the uploaded file {shown_name(Path(value).name)} is no longer on the server "
+                                     "(uploads are removed after an hour): upload it again")
 
     # ------------------------------------------------------------------ memory between requests
     def begin(self) -> None:
