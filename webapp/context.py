@@ -80,12 +80,16 @@ class AppContext:
                 pass
         return Path(tempfile.mkdtemp(prefix=f"{prefix}_", dir=self.outputs_dir))
 
+    def upload_folder(self) -> Path:
+        """Where Gradio keeps this app's uploads."""
+        import gradio.utils
+
+        return Path(self.uploads_dir or gradio.utils.get_upload_folder())
+
     def sweep_uploads(self) -> int:
         """Keep all uploads together under ``upload_cap_bytes``: the oldest go first (never one younger than
         ``UPLOAD_GRACE_S``, which its request may still read). Returns the bytes removed."""
-        import gradio.utils
-
-        folder = Path(self.uploads_dir or gradio.utils.get_upload_folder())
+        folder = self.upload_folder()
         if not folder.is_dir():
             return 0
         files = []
@@ -111,11 +115,9 @@ class AppContext:
     def require_uploads(self, values: Any) -> None:
         """Say so when a request names an upload the server no longer has (Gradio removes its copies after an
         hour, and an image uploaded again with the same content keeps the first copy's age)."""
-        import gradio.utils
-
         from mscsa_lab.io.guarded import InputFileError, shown_name
 
-        folder = str(Path(self.uploads_dir or gradio.utils.get_upload_folder()))
+        folder = str(self.upload_folder())
         pending = list(values) if isinstance(values, (tuple, list)) else [values]
         while pending:
             value = pending.pop()

@@ -36,7 +36,7 @@ def cost_key(profile: str, task: str, input_size: tuple[int, int], num_classes: 
 
 
 def table_entry(unit: UnitCost) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(unit).items() if k not in ("label", "input_size", "training")}
+    return {name: getattr(unit, name) for name in _MEASURED}
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,11 +71,11 @@ def known_unit_cost(spec: Any, training: bool) -> UnitCost | None:
         return None
     try:
         return UnitCost(label=spec.label, input_size=tuple(spec.input_size), training=bool(training),
-                        **{field.name: type(getattr(_ZERO, field.name))(entry[field.name])
-                           for field in dataclasses.fields(UnitCost)
-                           if field.name not in ("label", "input_size", "training")})
+                        **{name: (int if name in _COUNTS else float)(entry[name]) for name in _MEASURED})
     except (KeyError, TypeError, ValueError):
         return None
 
 
-_ZERO = UnitCost("", (0, 0), False, 0, 0, 0, 0.0, 0.0, 0.0, 0.0)
+_MEASURED = [field.name for field in dataclasses.fields(UnitCost)
+             if field.name not in ("label", "input_size", "training")]
+_COUNTS = {"params", "param_bytes", "buffer_bytes"}

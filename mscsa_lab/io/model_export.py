@@ -38,7 +38,7 @@ from torch import nn
 
 from mscsa_lab.errors import UserError
 
-__all__ = ["ExportError", "ExportReport", "EXPORT_FORMATS", "export_model", "export_onnx", "export_torchscript",
+__all__ = ["ExportError", "ExportReport", "EXPORT_FORMATS", "export_model", "export_target", "export_onnx", "export_torchscript",
            "export_exported_program", "onnxruntime_available"]
 
 # format -> file suffix
@@ -109,7 +109,7 @@ def _prepare(model: nn.Module, fuse: bool) -> nn.Module:
     return model
 
 
-def _target(path: str | Path, fmt: str) -> Path:
+def export_target(path: str | Path, fmt: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise ExportError(f"{path} is a folder: give a file name, e.g. {path / ('model' + EXPORT_FORMATS[fmt])}")
@@ -143,7 +143,7 @@ def _max_difference(reference: list[torch.Tensor], reloaded: list[Any]) -> float
 def _run(fmt: str, model: nn.Module | str, path: str | Path, input_size: Sequence[int] | None, fuse: bool,
          batch_size: int, seed: int, write_and_check: Callable[..., tuple[str, float | None, list[str]]]) -> ExportReport:
     start = time.perf_counter()
-    target = _target(path, fmt)
+    target = export_target(path, fmt)
     model = _prepare(_resolve_model(model, None if input_size is None else tuple(input_size)), fuse)
     shape = _input_shape(model, input_size, batch_size)
     example = torch.randn(shape, generator=torch.Generator().manual_seed(seed))

@@ -13,7 +13,7 @@ from typing import Mapping
 import pandas as pd
 
 from mscsa_lab.io.export import ResultTable
-from mscsa_lab.io.model_export import EXPORT_FORMATS, ExportError, _target as export_target, export_model
+from mscsa_lab.io.model_export import EXPORT_FORMATS, ExportError, export_model, export_target
 from mscsa_lab.workflows.result import ActionResult
 from mscsa_lab.workflows.sources import LoadedModel
 
