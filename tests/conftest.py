@@ -1,12 +1,28 @@
 """Shared test setup: offline hubs, deterministic seeds, small helpers."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing can be downloaded here; fail fast
+# Each test process keeps its apps' uploads in its own folder: Gradio names an upload by its content, so apps in two
+# processes (pytest-xdist) shared the same files, and one app closing removed the copy another was about to read.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix=f"mscsa-tests-uploads-{os.getpid()}-")
+atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+# Under pytest-xdist (CI: two processes on two cores) each process and what it starts computes on one thread:
+# two processes of two spinning OpenMP threads each made CPU-bound tests 3-5x slower than alone.
+PARALLEL_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if PARALLEL_WORKER:
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import mscsa_lab  # noqa: E402,F401 - registers the timm models
+
+if PARALLEL_WORKER:
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
