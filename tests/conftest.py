@@ -57,11 +57,22 @@ def everyday(values, name=lambda value: getattr(value, "name", value)):
             for value in values]
 
 
+# The files that take longest (about a minute or more each in CI's two processes), longest first. They are run
+# first: pytest-xdist hands out whole files in collection order, and a long file handed out last kept one process
+# busy for minutes after the other had finished.
+LONGEST_FILES = ("test_browser.py", "test_soak.py", "test_distill.py", "test_app.py", "test_train.py",
+                 "test_known_costs.py", "test_browser_truth.py", "test_ablation.py", "test_server_restart.py",
+                 "test_layout.py", "test_browser_distill.py", "test_hostile_cli.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Browser and integration tests (servers, subprocesses) are slow too: the everyday loop leaves them out."""
+    """Browser and integration tests (servers, subprocesses) are slow too: the everyday loop leaves them out.
+    The longest files go first (a stable sort: each file's own order is kept)."""
     for item in items:
         if item.get_closest_marker("browser") or item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.slow)
+    rank = {name: index for index, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def free_port() -> int:

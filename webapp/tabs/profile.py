@@ -38,8 +38,10 @@ def run_profile(context: AppContext, spec: ModelSpec | None, convention: str, le
     files = result.write_all(context.output_dir("profile"), export_stem("profile", spec.name + custom, spec.task,
                                                                         spec.input_size))
     notes = "\n".join(f"- {note}" for note in result.all_notes())
+    # the chart as the PNG just written (giving Gradio the figure drew it a third time)
+    chart = next(str(f) for f in files if f.suffix == ".png")
     status = f"Profiled {spec.label} + MSCSA in {time.perf_counter() - started:.1f} s."
-    return (status, f"### {result.title}", show_frame(result.table), result.table, result.figure,
+    return (status, f"### {result.title}", show_frame(result.table), result.table, chart,
             [str(f) for f in files], notes)
 
 
@@ -101,7 +103,7 @@ def render(context: AppContext, shared: Shared) -> None:
     status = gr.Markdown(elem_id="profile-status")
     title = gr.Markdown(elem_id="profile-title")
     table = TableView("Per-component cost", "profile-table")
-    plot = gr.Plot(label="Shares of the MSCSA parts", elem_id="profile-plot")
+    plot = gr.Image(label="Shares of the MSCSA parts", type="filepath", interactive=False, elem_id="profile-plot")
     files = gr.File(label="Downloads", file_count="multiple", elem_id="profile-files")
     notes = gr.Markdown(elem_id="profile-notes")
     results = [title, *table.outputs, plot, files, notes]
