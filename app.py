@@ -57,6 +57,7 @@ LIMIT_FLAGS = {"max_side": "pixels per side of an input", "max_batch": "batch si
                "max_models": "backbones per comparison or benchmark", "max_epochs": "training epochs",
                "max_train_steps": "training steps", "max_train_minutes": "minutes of one training run",
                "max_params": "parameters of one model",
+               "max_fps_seconds": "seconds of FPS timing per model in a comparison",
                "memory_fraction": "share of the free memory one request may use"}
 
 

@@ -17,6 +17,17 @@ SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_l
 
 
 @pytest.fixture(scope="module")
+def app_context(tmp_path_factory):
+    """This module's app times FPS for 6 s per model in a comparison (the app's --max-fps-seconds): the tests
+    check the figures and their intervals, not their precision, and the default 30 s per model took most of
+    this module's time."""
+    from mscsa_lab.workflows.limits import ResourceLimits
+    from webapp.context import AppContext
+
+    return AppContext(runs_dir=tmp_path_factory.mktemp("runs"), limits=ResourceLimits(max_fps_seconds=6))
+
+
+@pytest.fixture(scope="module")
 def client(app_url):
     return Client(app_url, verbose=False)
 
@@ -202,6 +213,7 @@ def test_pinned_configurations_side_by_side_with_fps(client):
     for row in rows.values():
         assert float(row["FPS"]) > 0 and float(row["dFPS low (%)"]) <= float(row["dFPS high (%)"])
         assert float(row["FLOPs-proportional dFPS (%)"]) < 0
+    assert "at most 6 s per model" in notes  # the server's time per model (--max-fps-seconds)
     with pytest.raises(Exception, match="is pinned already"):
         client.predict(api_name="/pin")
 

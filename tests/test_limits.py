@@ -68,8 +68,18 @@ def test_limits_name_the_flag_that_raises_them():
 
 
 def test_app_flags_set_the_limits(run_app_main):
-    limits = run_app_main(["--max-batch", "1024", "--max-side", "4096", "--memory-fraction", "0.9"])["context"].limits
-    assert (limits.max_batch, limits.max_side, limits.memory_fraction) == (1024, 4096, 0.9)
+    limits = run_app_main(["--max-batch", "1024", "--max-side", "4096", "--memory-fraction", "0.9",
+                           "--max-fps-seconds", "5"])["context"].limits
+    assert (limits.max_batch, limits.max_side, limits.memory_fraction, limits.max_fps_seconds) == (1024, 4096, 0.9, 5)
+
+
+def test_a_comparison_times_fps_for_the_servers_seconds_per_model():
+    from mscsa_lab.workflows.comparing import compare_action
+
+    result = compare_action(["resnet18"], input_size=(32, 32), fps=True, limits=ResourceLimits(max_fps_seconds=1))
+    note = next(n for n in result.table.notes if n.startswith("FPS:"))
+    assert "at most 1 s per model" in note and result.table.metadata["fps_seconds_per_model"] == 1
+    assert result.table.frame["FPS"].iloc[0] > 0
 
 
 def _rss_mb() -> float:

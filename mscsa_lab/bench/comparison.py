@@ -211,8 +211,9 @@ def compare_with_fps(
     table = comparison_table(pairs, size, task, convention=convention,
                              extra_metadata=dict(device=device, fps_batch=settings.batch, fps_steps=settings.steps,
                                                  fps_rounds=f"{settings.repeats}-{settings.max_repeats or settings.repeats}",
-                                                 warnings=warnings))
-    table.notes += ["FPS: measured here (" + device + "), backbone and +MSCSA interleaved; dFPS low/high: 95% interval "
-                    "of the median per-round ratio; FLOPs-proportional dFPS: the change if time followed FLOPs."]
+                                                 fps_seconds_per_model=settings.max_seconds, warnings=warnings))
+    table.notes += ["FPS: measured here (" + device + f"), backbone and +MSCSA interleaved, at most "
+                    f"{settings.max_seconds:g} s per model; dFPS low/high: 95% interval of the median per-round ratio; "
+                    "FLOPs-proportional dFPS: the change if time followed FLOPs."]
     table.notes += [f"warning: {w}" for w in warnings]
     return table

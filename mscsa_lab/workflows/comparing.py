@@ -11,7 +11,7 @@ from mscsa_lab.errors import UserError
 from mscsa_lab.io.export import ResultTable
 from mscsa_lab.io.metadata import run_metadata
 from mscsa_lab.stopping import StopFlag
-from mscsa_lab.workflows.limits import ResourceLimits, guard
+from mscsa_lab.workflows.limits import DEFAULT_LIMITS, ResourceLimits, guard
 from mscsa_lab.workflows.result import ActionResult
 from mscsa_lab.workflows.spec import ModelSpec
 from mscsa_lab.workflows.timing import comparison_entries
@@ -39,8 +39,10 @@ def compare_action(entries: Sequence[str | ModelSpec], *, input_size: tuple[int,
     specs = comparison_entries(entries, task, input_size, limits, keeps_activations=True)
     configurations = [as_configuration(spec) for spec in specs]
     if fps:
+        # the server's time per model unless the caller sets its own
+        seconds = float(limits.max_fps_seconds if limits is not None else DEFAULT_LIMITS.max_fps_seconds)
         settings = fps_settings or BenchmarkSettings(device="auto", batch=8, warmup=2, steps=2, repeats=6,
-                                                     max_repeats=30, max_seconds=30.0)
+                                                     max_repeats=30, max_seconds=seconds)
         for spec in specs:
             guard(spec if spec.task != "segmentation" else spec.replace(task="classification"), limits,
                   batch=settings.batch, copies=2)

@@ -39,6 +39,7 @@ class ResourceLimits:
     max_train_steps: int = 100_000
     max_train_minutes: float = 240.0  # a training run stops cleanly (checkpoint kept) at this time
     max_params: int = 1_000_000_000  # one model
+    max_fps_seconds: float = 30.0  # FPS timing per model in a comparison (rounds stop before passing it)
     memory_fraction: float = 0.6  # of the memory free when the request arrives
     # How a message tells the user to raise a limit: the app's flags, or the command line's.
     raise_hint: str = "the app's --{flag}"
