@@ -165,14 +165,14 @@ def test_distillation_loss_and_the_shared_backbone_pass(tmp_path):
 # ---------------------------------------------------------------------- slow: training runs
 @pytest.fixture(scope="module")
 def shapes_teacher(tmp_path_factory) -> Path:
-    """A plain resnet10t (narrow) trained 150 steps on synthetic shapes at 48 px (objects of at
+    """A plain resnet10t (narrow) trained 80 steps on synthetic shapes at 48 px (objects of at
     least 30% of the image's side, which it learns in so few steps), saved as safetensors with a
     classes.json beside it."""
     folder = tmp_path_factory.mktemp("teacher")
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=len(CLASSES), **NARROW)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
-    steps = 150
+    steps = 80
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps, pct_start=0.1)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     for step in range(steps):
@@ -194,7 +194,7 @@ def test_distillation_learns_the_teachers_predictions_from_a_flat_folder(tmp_pat
     photos = write_shapes_folder(tmp_path / "photos", 80, 48, seed=9, flat=True, min_fraction=0.3)
     config = TrainConfig(data=str(photos), mode="distill", backbone="resnet10t", backbone_kwargs=NARROW,
                          mscsa=SMALL_MSCSA, pretrained_file=str(shapes_teacher), img_size=48, batch_size=16,
-                         epochs=100, max_steps=200, lr=2e-3, val_fraction=0.5, workers=0, out=str(tmp_path / "run"))
+                         epochs=100, max_steps=100, lr=2e-3, val_fraction=0.5, workers=0, out=str(tmp_path / "run"))
     result = train(config)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["mode"] == "distill" and meta["classes"] == list(CLASSES)
@@ -215,7 +215,7 @@ def test_distillation_learns_the_teachers_predictions_from_a_flat_folder(tmp_pat
     assert agreement >= chance + 25, (agreement, chance)
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     # 40 training images shown 10 times per epoch (25 steps of 16): held-out agreement after each epoch
-    assert len(history) == 200 and list(history.dropna(subset=["val_agreement"])["step"]) == list(range(25, 201, 25))
+    assert len(history) == 100 and list(history.dropna(subset=["val_agreement"])["step"]) == list(range(25, 101, 25))
     assert history["val_agreement"].iloc[-1] == pytest.approx(result.metrics["agreement_top1"])
 
 
