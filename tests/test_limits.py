@@ -21,6 +21,22 @@ def test_an_enormous_configuration_is_costed_without_memory():
         check_fits(estimate)
 
 
+def test_a_model_over_the_parameter_limit_is_refused_without_being_traced():
+    """The limit on parameters refuses on the count alone: the model's memory is not traced (that took
+    10-15 s for a configuration of tens of billions of parameters)."""
+    import math
+
+    from mscsa_lab.workflows.limits import guard
+    from mscsa_lab.workflows.spec import ModelSpec
+
+    spec = ModelSpec.resolve("resnet18", input_size=(64, 64), settings=dict(depth=2))
+    with pytest.raises(ResourceError, match=r"M parameters, above this server's limit of 1\.00 M"):
+        guard(spec, ResourceLimits(max_params=10**6))
+    assert math.isnan(spec.estimate(max_params=10**6).work_bytes)
+    traced = spec.estimate()
+    assert traced.work_bytes > 0 and traced.params == spec.estimate(max_params=10**6).params
+
+
 def test_the_library_costs_a_custom_configuration_before_it_allocates(monkeypatch):
     """create_mscsa_model and timm.create_model refuse a configuration whose weights exceed the free memory
     (the free memory is pretended small here, so a regression would allocate a few hundred MB, not kill the

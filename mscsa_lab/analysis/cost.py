@@ -67,14 +67,19 @@ class UnitCost:
 _UNTRACEABLE_PARAMS = 10**12
 
 
-def unit_cost(model: Any, label: str, input_size: tuple[int, int], training: bool = False) -> UnitCost:
-    """The ``UnitCost`` of a model built on the meta device (``meta_model``) at ``input_size``."""
+def unit_cost(model: Any, label: str, input_size: tuple[int, int], training: bool = False,
+              trace_params: int | None = None) -> UnitCost:
+    """The ``UnitCost`` of a model built on the meta device (``meta_model``) at ``input_size``.
+
+    A model of more than ``trace_params`` parameters (a server's limit, which refuses it on that count
+    alone) is not traced: its memory is left unknown (NaN), and a configuration of tens of billions of
+    parameters is refused at once instead of after a meta pass of 10-15 s."""
     from mscsa_lab.analysis.memory import memory_profile
 
     params = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    if params > _UNTRACEABLE_PARAMS:
+    if params > min(_UNTRACEABLE_PARAMS, trace_params or _UNTRACEABLE_PARAMS):
         nan = float("nan")
         return UnitCost(label, tuple(input_size), training, params, param_bytes, buffer_bytes, nan, nan, nan, nan)
     # A training pass runs at batch 2 (BatchNorm needs two values per channel), halved to one image.

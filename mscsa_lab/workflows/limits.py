@@ -112,4 +112,5 @@ def guard(spec: Any, limits: ResourceLimits | None = None, batch: int = 1, train
     limits = limits or DEFAULT_LIMITS
     limits.check_size(*spec.input_size)
     limits.check_count("batch", batch, "max_batch")
-    return check_fits(spec.estimate(batch, training, keeps_activations), limits, copies=copies)
+    return check_fits(spec.estimate(batch, training, keeps_activations, max_params=limits.max_params), limits,
+                      copies=copies)

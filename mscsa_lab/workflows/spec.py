@@ -197,11 +197,15 @@ class ModelSpec:
 
         return meta_model(self.profile, **self.create_kwargs())
 
-    def estimate(self, batch: int = 1, training: bool = False, keeps_activations: bool = False):
-        """The ``analysis.cost.CostEstimate`` of running this model at ``batch`` (meta device, cached)."""
+    def estimate(self, batch: int = 1, training: bool = False, keeps_activations: bool = False,
+                 max_params: int | None = None):
+        """The ``analysis.cost.CostEstimate`` of running this model at ``batch`` (meta device, cached).
+        A model above ``max_params`` parameters (a limit that refuses it anyway) is not traced: its memory
+        is unknown (NaN)."""
         from mscsa_lab.analysis.cost import cost_at_batch
 
-        return cost_at_batch(_unit_cost(self.without_weights(), bool(training)), batch, keeps_activations)
+        unit = _unit_cost(self.without_weights(), bool(training), None if max_params is None else int(max_params))
+        return cost_at_batch(unit, batch, keeps_activations)
 
     def without_weights(self) -> "ModelSpec":
         """The same architecture with no weight source (costing needs no weights)."""
@@ -244,13 +248,15 @@ def _is_timm_model(name: str | None) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _unit_cost(spec: ModelSpec, training: bool):
+def _unit_cost(spec: ModelSpec, training: bool, trace_params: int | None = None):
     """The batch-1 cost of ``spec`` (weights left out), computed once per architecture and mode: every
-    activation and saved tensor carries the batch dimension, so larger batches scale it."""
+    activation and saved tensor carries the batch dimension, so larger batches scale it. ``trace_params``:
+    above it the model is not traced (``analysis.cost.unit_cost``)."""
     from mscsa_lab.analysis.cost import unit_cost
     from mscsa_lab.analysis.known_costs import known_unit_cost
 
     known = known_unit_cost(spec, training)  # the shipped profiles at their own size: measured once, shipped
     if known is not None:
         return known
-    return unit_cost(spec.meta(), label=spec.label, input_size=spec.input_size, training=training)
+    return unit_cost(spec.meta(), label=spec.label, input_size=spec.input_size, training=training,
+                     trace_params=trace_params)
