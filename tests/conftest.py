@@ -108,11 +108,13 @@ def run_app_main(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def app_context(tmp_path_factory):
-    """The context of the module's app: its own runs folder, cache and limits."""
+def app_context(request, tmp_path_factory):
+    """The context of the module's app: its own runs folder, cache and limits (a module's ``APP_LIMITS``, a
+    ``ResourceLimits``, if it sets one)."""
     from webapp.context import AppContext
 
-    return AppContext(runs_dir=tmp_path_factory.mktemp("runs"))
+    limits = getattr(request.module, "APP_LIMITS", None)
+    return AppContext(runs_dir=tmp_path_factory.mktemp("runs"), **({"limits": limits} if limits else {}))
 
 
 @pytest.fixture(scope="module")

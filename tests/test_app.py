@@ -9,6 +9,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from mscsa_lab.io.export import read_table
+from mscsa_lab.workflows.limits import ResourceLimits
 from webapp.forms import build_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -16,15 +17,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "star_large.png"
 
 
-@pytest.fixture(scope="module")
-def app_context(tmp_path_factory):
-    """This module's app times FPS for 6 s per model in a comparison (the app's --max-fps-seconds): the tests
-    check the figures and their intervals, not their precision, and the default 30 s per model took most of
-    this module's time."""
-    from mscsa_lab.workflows.limits import ResourceLimits
-    from webapp.context import AppContext
-
-    return AppContext(runs_dir=tmp_path_factory.mktemp("runs"), limits=ResourceLimits(max_fps_seconds=6))
+# This module's app times FPS for 6 s per model in a comparison (the app's --max-fps-seconds): the tests check the
+# figures and their intervals, not their precision, and the default 30 s per model took most of this module's time.
+APP_LIMITS = ResourceLimits(max_fps_seconds=6)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from mscsa_lab.io.export import read_table
+from mscsa_lab.workflows.limits import ResourceLimits
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
@@ -21,14 +22,9 @@ SCREENSHOTS = ROOT / "assets" / "screenshots"
 SAMPLE = ROOT / "assets" / "samples" / "star_large.png"
 
 
-@pytest.fixture(scope="module")
-def app_context(tmp_path_factory):
-    """This module's app times FPS for 6 s per model in a comparison (the app's --max-fps-seconds): the page's
-    FPS columns are what is checked here, and the default 30 s per model took most of this module's time."""
-    from mscsa_lab.workflows.limits import ResourceLimits
-    from webapp.context import AppContext
-
-    return AppContext(runs_dir=tmp_path_factory.mktemp("runs"), limits=ResourceLimits(max_fps_seconds=6))
+# This module's app times FPS for 6 s per model in a comparison (the app's --max-fps-seconds): the page's FPS
+# columns are what is checked here, and the default 30 s per model took most of this module's time.
+APP_LIMITS = ResourceLimits(max_fps_seconds=6)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def compare_action(entries: Sequence[str | ModelSpec], *, input_size: tuple[int,
     configurations = [as_configuration(spec) for spec in specs]
     if fps:
         # the server's time per model unless the caller sets its own
-        seconds = float(limits.max_fps_seconds if limits is not None else DEFAULT_LIMITS.max_fps_seconds)
+        seconds = float((limits or DEFAULT_LIMITS).max_fps_seconds)
         settings = fps_settings or BenchmarkSettings(device="auto", batch=8, warmup=2, steps=2, repeats=6,
                                                      max_repeats=30, max_seconds=seconds)
         for spec in specs:

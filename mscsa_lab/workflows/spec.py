@@ -202,9 +202,14 @@ class ModelSpec:
         """The ``analysis.cost.CostEstimate`` of running this model at ``batch`` (meta device, cached).
         A model above ``max_params`` parameters (a limit that refuses it anyway) is not traced: its memory
         is unknown (NaN)."""
-        from mscsa_lab.analysis.cost import cost_at_batch
+        from mscsa_lab.analysis.cost import cost_at_batch, unit_cost
 
-        unit = _unit_cost(self.without_weights(), bool(training), None if max_params is None else int(max_params))
+        spec = self.without_weights()
+        if max_params is not None and _parameter_count(spec) > max_params:  # refused on its count alone
+            unit = unit_cost(_meta_model(spec), label=spec.label, input_size=spec.input_size, training=bool(training),
+                             trace_params=int(max_params))
+        else:
+            unit = _unit_cost(spec, bool(training))
         return cost_at_batch(unit, batch, keeps_activations)
 
     def without_weights(self) -> "ModelSpec":
@@ -247,16 +252,28 @@ def _is_timm_model(name: str | None) -> bool:
     return bool(name) and timm.is_model(name)
 
 
+@functools.lru_cache(maxsize=4)
+def _meta_model(spec: ModelSpec) -> nn.Module:
+    """``spec.meta()``, kept for the costing that follows a parameter count (only read: costing copies it)."""
+    return spec.meta()
+
+
 @functools.lru_cache(maxsize=64)
-def _unit_cost(spec: ModelSpec, training: bool, trace_params: int | None = None):
+def _parameter_count(spec: ModelSpec) -> int:
+    from mscsa_lab.analysis.known_costs import known_unit_cost
+
+    known = known_unit_cost(spec, False)
+    return known.params if known is not None else sum(p.numel() for p in _meta_model(spec).parameters())
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_cost(spec: ModelSpec, training: bool):
     """The batch-1 cost of ``spec`` (weights left out), computed once per architecture and mode: every
-    activation and saved tensor carries the batch dimension, so larger batches scale it. ``trace_params``:
-    above it the model is not traced (``analysis.cost.unit_cost``)."""
+    activation and saved tensor carries the batch dimension, so larger batches scale it."""
     from mscsa_lab.analysis.cost import unit_cost
     from mscsa_lab.analysis.known_costs import known_unit_cost
 
     known = known_unit_cost(spec, training)  # the shipped profiles at their own size: measured once, shipped
     if known is not None:
         return known
-    return unit_cost(spec.meta(), label=spec.label, input_size=spec.input_size, training=training,
-                     trace_params=trace_params)
+    return unit_cost(_meta_model(spec), label=spec.label, input_size=spec.input_size, training=training)
