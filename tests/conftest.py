@@ -1,7 +1,10 @@
 """Shared test setup: offline hubs, deterministic seeds, small helpers."""
 import atexit
+import contextlib
+import io
 import os
 import shutil
+import subprocess
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing can be downloaded here; fail fast
@@ -73,6 +76,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     rank = {name: index for index, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def run_command(*argv: str) -> subprocess.CompletedProcess:
+    """``mscsa-lab *argv`` run in this process (``mscsa_lab.cli.main``): exit code, stdout and stderr as a user sees
+    them, without the 8 s of imports a fresh interpreter pays again (this process has them). The console command
+    itself is checked in a real process in test_layout.py; signals, memory caps and torchrun keep real processes."""
+    from mscsa_lab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+    return subprocess.CompletedProcess(["mscsa-lab", *argv], code, out.getvalue(), err.getvalue())
 
 
 def free_port() -> int:

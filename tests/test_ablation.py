@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import run_command
 from mscsa_lab.analysis.ablation import ablation_flops
 from mscsa_lab.bench.settings import BenchmarkSettings
 from mscsa_lab.train import TrainingInputError
@@ -53,14 +54,11 @@ def test_library_two_variants_two_seeds(tmp_path):
 
 @pytest.mark.slow
 def test_cli_study_without_fps(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     csv, md = tmp_path / "t.csv", tmp_path / "t.md"
-    done = subprocess.run(
-        [sys.executable, "-m", "mscsa_lab", "ablate", "demo", "--variant", "none", "--variant", "+pcp",
-         "--seeds", "0", "1", "--max-steps", "2", "--batch", "4", "--img-size", "64", "--input", "64",
-         "--synthetic-train", "16", "--synthetic-val", "8", "--workers", "0", "--device", "cpu", "--no-fps",
-         "-o", str(csv), "-o", str(md)],
-        capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    done = run_command(
+        "ablate", "demo", "--variant", "none", "--variant", "+pcp", "--seeds", "0", "1", "--max-steps", "2", "--batch",
+        "4", "--img-size", "64", "--input", "64", "--synthetic-train", "16", "--synthetic-val", "8", "--workers", "0",
+        "--device", "cpu", "--no-fps", "-o", str(csv), "-o", str(md))
     assert done.returncode == 0, done.stderr
     assert "run 4/4: +pcp, seed 1" in done.stderr
     assert re.search(r"^\+pcp\s", done.stdout, re.MULTILINE) and "| +pcp |" in md.read_text()
@@ -75,12 +73,9 @@ def test_cli_study_without_fps(tmp_path):
 @pytest.mark.slow
 def test_cli_flops_only_gives_the_paper_table_without_training(tmp_path):
     """`ablate --flops-only`: the Table 5 cost columns in seconds, the paper beside, no run trained."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     csv = tmp_path / "table5.csv"
-    done = subprocess.run(
-        [sys.executable, "-m", "mscsa_lab", "ablate", "topformer_tiny", "--table", "5", "--flops-only",
-         "--out", str(tmp_path / "runs"), "-o", str(csv)],
-        capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    done = run_command("ablate", "topformer_tiny", "--table", "5", "--flops-only", "--out", str(tmp_path / "runs"),
+                       "-o", str(csv))
     assert done.returncode == 0, done.stderr
     assert re.search(r"^avgpool\s", done.stdout, re.MULTILINE) and "run 1/" not in done.stderr
     assert not (tmp_path / "runs").exists()
@@ -105,9 +100,7 @@ def test_bad_requests_give_clear_errors():
     with pytest.raises(TrainingInputError, match="sets \\['seed'\\] itself"):
         run_ablation("demo", VARIANTS, seeds=(0,), train={"seed": 3})
     assert list(resolve_variants("5")) == ["dwconv", "avgpool", "cascade", "single"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "mscsa_lab", "ablate", "demo", "--variant", "nope"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    done = run_command("ablate", "demo", "--variant", "nope")
     assert done.returncode == 2 and "unknown ablation variant(s) ['nope']" in done.stderr
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import run_command
 import safetensors.torch
 import timm
 import torch
@@ -281,16 +283,14 @@ def test_the_command_line_distils_with_every_option_and_evaluates_agreement(tmp_
     weights = tmp_path / "teacher.safetensors"
     save_timm(weights, 5, **NARROW)
     (tmp_path / "names.json").write_text(json.dumps([f"t-{c}" for c in CLASSES]))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "run"
     common = ["--backbone", "resnet10t", "--backbone-arg", "channels=[32,64,128,256]", "--set", "pool_stride=8",
               "--set", "num_heads=4", "--set", "key_dim=16"]
-    trained = subprocess.run([sys.executable, "-m", "mscsa_lab", "train", "--mode", "distill", "--data", str(photos),
-                              *common, "--pretrained-file", str(weights), "--teacher-classes", str(tmp_path / "names.json"),
-                              "--temperature", "2", "--img-size", "48", "--max-steps", "3", "-b", "4", "--repeat", "2",
-                              "--scale", "0.5", "1", "--ratio", "0.9", "1.1", "--hflip", "0", "--color-jitter", "0.1",
-                              "--aa", "none", "--workers", "0", "--no-progress", "--out", str(out)],
-                             capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    trained = run_command("train", "--mode", "distill", "--data", str(photos), *common, "--pretrained-file", str(weights),
+                          "--teacher-classes", str(tmp_path / "names.json"), "--temperature", "2", "--img-size", "48",
+                          "--max-steps", "3", "-b", "4", "--repeat", "2", "--scale", "0.5", "1", "--ratio", "0.9", "1.1",
+                          "--hflip", "0", "--color-jitter", "0.1", "--aa", "none", "--workers", "0", "--no-progress",
+                          "--out", str(out))
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "scanning the data" in trained.stderr and "agreement with the teacher" in trained.stderr
     meta = json.loads((out / "model.json").read_text())
@@ -301,14 +301,12 @@ def test_the_command_line_distils_with_every_option_and_evaluates_agreement(tmp_
     assert augmentation["color_jitter"] == 0.1 and augmentation["auto_augment"] is None
     assert meta["training"]["config"]["repeat"] == 2
 
-    evaluated = subprocess.run([sys.executable, "-m", "mscsa_lab", "evaluate", str(out), "--data", str(photos),
-                                "--split", "all"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    evaluated = run_command("evaluate", str(out), "--data", str(photos), "--split", "all")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "agreement with the teacher: top-1" in evaluated.stdout and "on 12 images" in evaluated.stdout
     agreement = json.loads((out / "eval" / "agreement.json").read_text())
     assert agreement["images"] == 12 and 0 <= agreement["agreement_top1"] <= 100
 
-    again = subprocess.run([sys.executable, "-m", "mscsa_lab", "train", "--mode", "distill", "--data", str(photos),
-                            *common, "--pretrained-file", str(weights), "--out", str(out)],
-                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    again = run_command("train", "--mode", "distill", "--data", str(photos), *common, "--pretrained-file", str(weights),
+                        "--out", str(out))
     assert again.returncode == 2 and "holds a finished run" in again.stderr and "--overwrite" in again.stderr

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_command
 from mscsa_lab.io.checkpoints import load_trained, read_state_dict
 from mscsa_lab.registry import create_mscsa_model
 from mscsa_lab.train import TrainConfig, TrainingInputError, evaluate_trained, train
@@ -209,7 +210,7 @@ def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
     write_png_folder(data / "train", COLOURS, count=6)
     write_png_folder(data / "val", COLOURS, count=2, seed=1)
     out = tmp_path / "run"
-    trained = run_cli("train", "--data", str(data), *DEMO_CLI, "--img-size", "64", "--batch", "6", "--max-steps", "4",
+    trained = run_command("train", "--data", str(data), *DEMO_CLI, "--img-size", "64", "--batch", "6", "--max-steps", "4",
                       "--epochs", "2", "--workers", "0", "--no-progress", "--out", str(out))
     assert trained.returncode == 0, trained.stderr
     assert "max_steps: 4/4 steps" in trained.stderr and "epoch 1/2" in trained.stderr
@@ -218,7 +219,7 @@ def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
     assert meta["command"].startswith("mscsa-lab train --data")
     assert (out / "model.safetensors").is_file() and (out / "last" / "model.safetensors").is_file()
 
-    evaluated = run_cli("evaluate", str(out), "--data", str(data))
+    evaluated = run_command("evaluate", str(out), "--data", str(data))
     assert evaluated.returncode == 0, evaluated.stderr
     eval_dir = out / "eval"
     metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -230,7 +231,7 @@ def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
     assert confusion.iloc[:, 1:].to_numpy().sum() == 6
     assert (eval_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
-    missing = run_cli("train", "--data", str(tmp_path / "nope"), "--backbone", "resnet10t", "--out", str(tmp_path / "x"))
+    missing = run_command("train", "--data", str(tmp_path / "nope"), "--backbone", "resnet10t", "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_command
 from mscsa_lab.stopping import Cancelled
 from mscsa_lab.train import TrainConfig, TrainingInputError, train
 from mscsa_lab.train.data import scan_data, scan_images
@@ -220,15 +221,11 @@ def test_a_finished_run_is_kept_unless_resume_or_overwrite(tmp_path):
         prepare_run_folder(run / "file")
 
 
-@pytest.mark.slow
-@pytest.mark.integration
 def test_the_cli_refuses_to_replace_a_finished_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.json").write_text("{}")
-    refused = subprocess.run([sys.executable, "-m", "mscsa_lab", "train", "--data", "synthetic", "--backbone",
-                              "resnet10t", "--out", str(run)], capture_output=True, text=True, timeout=240, cwd=ROOT,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    refused = run_command("train", "--data", "synthetic", "--backbone", "resnet10t", "--out", str(run))
     assert refused.returncode == 2 and "holds a finished run" in refused.stderr and "--overwrite" in refused.stderr
     assert "Traceback" not in refused.stderr and (run / "model.json").read_text() == "{}"
 

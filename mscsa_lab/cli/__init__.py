@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # fvcore imports torch.jit.script, which newer torch flags as deprecated on every run.
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(build_parser(), argv)
+    args.argv = argv  # what was typed, recorded with a training run (main may be called with its own argv)
     from mscsa_lab.errors import UserError, internal_error_message, report_internal_error
 
     try:

@@ -213,7 +213,7 @@ def run_train(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, device=args.device, workers=args.workers,
         backbone_drop_path=args.backbone_drop_path, seed=args.seed, eval_every=args.eval_every,
         log_every=args.log_every, out=args.out or str(Path("runs") / name), resume=args.resume,
-        command="mscsa-lab " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command="mscsa-lab " + " ".join(shlex.quote(a) for a in args.argv),
     )
     with graceful_stop("step") as stop:
         progress = PrintProgress() if args.no_progress else TqdmProgress()
