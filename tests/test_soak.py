@@ -1,4 +1,4 @@
-"""Soak: 40 mixed requests from 4 concurrent clients on 127.0.0.1 with no failure, and the app's memory
+"""Soak: 24 mixed requests from 4 concurrent clients on 127.0.0.1 with no failure, and the app's memory
 after warm-up measured over 30 saliency renders (target: under 40 MB of growth). Figures are printed.
 The long soak (an hour of load, memory after idle against the start) is ``benchmarks/memory_soak.py``."""
 import gc
@@ -14,7 +14,7 @@ SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
 BUILD = ("resnet18", "resnet10t", "classification", 64, 64, "", "", "", "", "", True, True, True, "dwconv", "1000",
          False, None)
 CLIENTS = 4
-REQUESTS = 40
+REQUESTS = 24
 RENDERS = 30
 TIME_LIMIT_S = 600
 
