@@ -23,7 +23,10 @@ def test_the_table_is_of_these_versions_and_covers_every_profile():
             assert cost_key(profile.name, "classification", (224, 224), 1000, training) in _table()
 
 
-@pytest.mark.parametrize("name", ["topformer_tiny", "resnet18"])
+QUICK_PROFILES = ("topformer_tiny", "resnet18")
+
+
+@pytest.mark.parametrize("name", QUICK_PROFILES)
 def test_shipped_costs_equal_a_fresh_meta_costing(name):
     spec = ModelSpec.resolve(name)
     for training in (False, True):
@@ -32,8 +35,8 @@ def test_shipped_costs_equal_a_fresh_meta_costing(name):
 
 
 @pytest.mark.slow
-def test_every_shipped_cost_equals_a_fresh_meta_costing():
-    for profile in list_profiles():
+def test_every_other_shipped_cost_equals_a_fresh_meta_costing():
+    for profile in [p for p in list_profiles() if p.name not in QUICK_PROFILES]:  # those two are checked above
         spec = ModelSpec.resolve(profile.name)
         for training in (False, True):
             assert known_unit_cost(spec, training) == _fresh(spec, training), (profile.name, training)
