@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import run_command
 import safetensors.torch
 import timm
 import torch
 
+from conftest import run_command
 from mscsa_lab.data.shapes_dataset import write_shapes_folder
 from mscsa_lab.data.synthetic import CLASSES, make_sample
 from mscsa_lab.io.checkpoints import load_trained, read_state_dict

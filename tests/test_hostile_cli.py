@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_command
 from hostile_cli import cli_cases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +29,14 @@ for argv in json.loads(sys.argv[1]):  # one capped process answers every heavy c
             code = main(argv)
         except SystemExit as exit_:
             code = exit_.code
-        except BaseException as error:  # a trace is what the test must see, not a dead child
+        except BaseException:  # a trace is what the test must see, not a dead child
             import traceback
             traceback.print_exc(file=out)
             code = -1
     answers.append({"code": code, "output": out.getvalue(), "seconds": time.perf_counter() - started})
 print(json.dumps(answers))
 """
+
 
 def judge(case, code: int, err: str, seconds: float) -> None:
     assert code == case.code, f"{case.name}: exit {code}, stderr {err[-1500:]!r}"
@@ -44,16 +46,10 @@ def judge(case, code: int, err: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if not c.heavy], ids=lambda c: c.name)
-def test_the_command_line_answers_every_case_with_its_message(case, capsys):
-    from mscsa_lab.cli import main
-
+def test_the_command_line_answers_every_case_with_its_message(case):
     started = time.perf_counter()
-    try:
-        code = main(list(case.argv))
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
-    shown = capsys.readouterr()
-    judge(case, code, shown.out + shown.err, time.perf_counter() - started)
+    shown = run_command(*case.argv)
+    judge(case, shown.returncode, shown.stdout + shown.stderr, time.perf_counter() - started)
 
 
 HEAVY = [c for c in CASES if c.heavy]

@@ -35,9 +35,11 @@ def tiny(**changes) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def run_cli(*args, env_extra=None, timeout=240, prefix=(sys.executable, "-m", "mscsa_lab")):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+def run_torchrun(*args, timeout=240):
+    """``torchrun *args`` (``python -m torch.distributed.run``), one thread per process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
 
 
 def write_png_folder(root: Path, classes: dict[str, tuple[int, int, int]], count: int, seed: int = 0) -> None:
@@ -210,8 +212,8 @@ def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
     write_png_folder(data / "train", COLOURS, count=6)
     write_png_folder(data / "val", COLOURS, count=2, seed=1)
     out = tmp_path / "run"
-    trained = run_command("train", "--data", str(data), *DEMO_CLI, "--img-size", "64", "--batch", "6", "--max-steps", "4",
-                      "--epochs", "2", "--workers", "0", "--no-progress", "--out", str(out))
+    trained = run_command("train", "--data", str(data), *DEMO_CLI, "--img-size", "64", "--batch", "6", "--max-steps",
+                          "4", "--epochs", "2", "--workers", "0", "--no-progress", "--out", str(out))
     assert trained.returncode == 0, trained.stderr
     assert "max_steps: 4/4 steps" in trained.stderr and "epoch 1/2" in trained.stderr
     meta = json.loads((out / "model.json").read_text())
@@ -231,7 +233,8 @@ def test_cli_trains_and_evaluates_an_image_folder(tmp_path):
     assert confusion.iloc[:, 1:].to_numpy().sum() == 6
     assert (eval_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
-    missing = run_command("train", "--data", str(tmp_path / "nope"), "--backbone", "resnet10t", "--out", str(tmp_path / "x"))
+    missing = run_command("train", "--data", str(tmp_path / "nope"), "--backbone", "resnet10t", "--out",
+                          str(tmp_path / "x"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -245,8 +248,7 @@ def test_torchrun_two_cpu_processes_match_one_process_with_the_same_micro_batche
               "--synthetic-train", "16", "--synthetic-val", "8", "--opt", "sgd", "--lr", "0.05", "--no-augment",
               "--workers", "0", "--no-progress"]
     out = tmp_path / "ddp"
-    ran = run_cli("--standalone", "--nproc_per_node", "2", "-m", "mscsa_lab", "train", *common, "--out", str(out),
-                  env_extra={"OMP_NUM_THREADS": "1"}, prefix=(sys.executable, "-m", "torch.distributed.run"))
+    ran = run_torchrun("--standalone", "--nproc_per_node", "2", "-m", "mscsa_lab", "train", *common, "--out", str(out))
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stderr.count("completed: 4/4 steps") == 1  # only rank 0 reports
     assert "2 processes" in ran.stderr
