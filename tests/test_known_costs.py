@@ -1,45 +1,61 @@
-"""The shipped costs of the Table 7 profiles (``assets/unit_costs.json``) are what the meta device gives
-today, and a request uses them only for a profile exactly as shipped."""
+"""The shipped costs and counts of the Table 7 profiles (``assets/known_costs.json``) are what the meta device
+and fvcore give today, and a request uses them only for a profile exactly as shipped."""
+import json
+
 import pytest
 
 from mscsa_lab.analysis import cost as cost_module
+from mscsa_lab.analysis import profiler as profiler_module
 from mscsa_lab.analysis.cost import unit_cost
-from mscsa_lab.analysis.known_costs import TABLE_FILE, _table, cost_key, known_unit_cost, versions
+from mscsa_lab.analysis.known_costs import (TABLE_FILE, _table, cost_key, known_profile_report, known_unit_cost,
+                                            versions)
+from mscsa_lab.analysis.profiler import profile_model
 from mscsa_lab.presets import list_profiles
+from mscsa_lab.workflows.profiling import profile_action
 from mscsa_lab.workflows.spec import ModelSpec, _unit_cost
+from mscsa_lab.workflows.store import ModelStore
 
 
 def _fresh(spec: ModelSpec, training: bool):
     return unit_cost(spec.meta(), label=spec.label, input_size=spec.input_size, training=training)
 
 
-def test_the_table_is_of_these_versions_and_covers_every_profile():
-    import json
+def _assert_same_count(shipped, counted, name):
+    assert shipped is not None, f"{name}: no shipped count"
+    assert shipped.rows == counted.rows, name
+    assert (shipped.total_flops, shipped.total_params) == (counted.total_flops, counted.total_params), name
+    assert shipped.uncounted_ops == counted.uncounted_ops, name
+    assert shipped.metadata["mscsa_config"] == counted.metadata["mscsa_config"], name
 
+
+def test_the_table_is_of_these_versions_and_covers_every_profile():
     assert json.loads(TABLE_FILE.read_text())["versions"] == versions(), \
-        "assets/unit_costs.json was measured with other torch/timm versions: python scripts/make_unit_costs.py"
+        "assets/known_costs.json was measured with other torch/timm/fvcore versions: python scripts/make_known_costs.py"
     for profile in list_profiles():
         for training in (False, True):
-            assert cost_key(profile.name, "classification", (224, 224), 1000, training) in _table()
+            assert cost_key(profile.name, "classification", (224, 224), 1000, training) in _table()["costs"]
+        assert cost_key(profile.name, "classification", (224, 224), 1000, False) in _table()["counts"]
 
 
 QUICK_PROFILES = ("topformer_tiny", "resnet18")
 
 
 @pytest.mark.parametrize("name", QUICK_PROFILES)
-def test_shipped_costs_equal_a_fresh_meta_costing(name):
+def test_shipped_costs_and_counts_equal_a_fresh_costing_and_count(name):
     spec = ModelSpec.resolve(name)
     for training in (False, True):
         shipped = known_unit_cost(spec, training)
         assert shipped is not None and shipped == _fresh(spec, training)
+    _assert_same_count(known_profile_report(spec), profile_model(spec.build(), spec.input_size), name)
 
 
 @pytest.mark.slow
-def test_every_other_shipped_cost_equals_a_fresh_meta_costing():
+def test_every_other_shipped_cost_and_count_equals_a_fresh_one():
     for profile in [p for p in list_profiles() if p.name not in QUICK_PROFILES]:  # those two are checked above
         spec = ModelSpec.resolve(profile.name)
         for training in (False, True):
             assert known_unit_cost(spec, training) == _fresh(spec, training), (profile.name, training)
+        _assert_same_count(known_profile_report(spec), profile_model(spec.build(), spec.input_size), profile.name)
 
 
 def test_a_request_uses_them_only_for_a_profile_as_shipped(monkeypatch):
@@ -49,11 +65,41 @@ def test_a_request_uses_them_only_for_a_profile_as_shipped(monkeypatch):
     monkeypatch.setattr(cost_module, "unit_cost", lambda *a, **k: costed.append(k["label"]) or real(*a, **k))
     shipped = ModelSpec.resolve("pvt_v2_b0")
     assert shipped.estimate(4).params > 0 and costed == []  # from the table
-    for other in (shipped.replace(input_size=(256, 256)), shipped.replace(settings={"depth": 2}),
-                  shipped.replace(num_classes=10), ModelSpec.resolve("pvt_v2_b0", backbone="resnet10t"),
-                  ModelSpec.resolve("resnet10t")):
+    others = (shipped.replace(input_size=(256, 256)), shipped.replace(settings={"depth": 2}),
+              shipped.replace(num_classes=10), ModelSpec.resolve("pvt_v2_b0", backbone="resnet10t"),
+              ModelSpec.resolve("resnet10t"))
+    for other in others:
         other.estimate(1)
+        assert known_profile_report(other) is None, other.label
     assert len(costed) == 5
     same_settings = shipped.replace(settings={"depth": shipped.config.depth})
     assert known_unit_cost(same_settings, False) is not None  # settings equal to the profile's are still the profile
+    assert known_profile_report(same_settings) is not None
     _unit_cost.cache_clear()
+
+
+def test_profile_answers_a_shipped_profile_from_the_table_and_counts_anything_else(monkeypatch):
+    counted = []
+    real = profiler_module.profile_model
+    monkeypatch.setattr(profiler_module, "profile_model", lambda model, *a, **k: counted.append(k) or real(model, *a, **k))
+    store = ModelStore()
+    shipped = ModelSpec.resolve("resnet18")
+    result = profile_action(shipped, store=store)
+    assert counted == [] and len(store.cache) == 0  # no model was built, nothing was traced
+    assert any("counted by fvcore" in note and "scripts/make_known_costs.py" in note for note in result.all_notes())
+    assert "as shipped" in result.table.metadata["flops_counted"]
+    frame = result.table.frame.set_index("Component")
+    assert frame.loc["total", "FLOPs (G)"] == pytest.approx(known_profile_report(shipped).total_flops / 1e9)
+
+    # with memory the model is needed for the memory profile, but the count still comes from the table
+    with_memory = profile_action(shipped, memory=True, store=store)
+    assert counted == [] and len(store.cache) == 1 and "Activations MiB" in with_memory.table.frame.columns
+
+    ten_classes = shipped.replace(num_classes=10)
+    fresh = profile_action(ten_classes, store=store)
+    assert len(counted) == 1 and fresh.table.metadata["flops_counted"] == "by fvcore, on this request"
+    assert not any("as shipped" in note for note in fresh.all_notes())
+    # only the 1000-class head differs: the MSCSA rows are the same numbers
+    rows = ["aggregation", "CSA 1 (block 1)", "FFN (block 1)"]
+    both = fresh.table.frame.set_index("Component").loc[rows, "FLOPs (G)"]
+    assert both.tolist() == frame.loc[rows, "FLOPs (G)"].tolist()

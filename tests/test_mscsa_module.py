@@ -279,6 +279,35 @@ def test_fresh_blocks_start_as_identity_residuals_and_then_train():
         MSCSAConfig(weight_init="xavier")
 
 
+def test_large_initial_draws_are_truncated_normal_and_reproducible_whatever_the_threads():
+    """Above 4 M values the uniform draws behind the truncated normal come in parts from their own
+    generators (PyTorch's CPU uniform_ runs on one core): the values must still follow N(0, std^2) cut at
+    2 std, and depend only on torch.manual_seed, not on how many threads drew them."""
+    from mscsa_lab.models.layers import trunc_normal_many_
+
+    big, small = torch.empty(3_000_000, 2), torch.empty(64, 64)
+    threads = torch.get_num_threads()
+    draws = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            torch.manual_seed(7)
+            trunc_normal_many_([big, small], [0.5, 0.1])
+            draws.append((big.clone(), small.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+    torch.manual_seed(8)
+    trunc_normal_many_([big], [0.5])
+    assert not torch.equal(big, draws[0][0])  # another seed, other values
+    values = draws[0][0]
+    assert float(values.abs().max()) <= 1.0 + 1e-6 and float(values.abs().max()) > 0.99
+    assert float(values.mean()) == pytest.approx(0.0, abs=1e-3)
+    assert float(values.std()) == pytest.approx(0.5 * 0.8796, rel=2e-3)  # std of N(0,1) cut at +-2: 0.8796
+    quarters = values.flatten().chunk(4)  # the parts are drawn independently: none repeats another
+    assert all(not torch.equal(a[:1000], b[:1000]) for a, b in zip(quarters, quarters[1:]))
+
+
 def test_variants_without_intra_ffn_use_their_own_ffn_ratio():
     channels = (16, 32, 48, 64)
     config = MSCSAConfig(num_heads=2, key_dim=8, mlp_ratio=3.0, mlp_ratio_without_intra=2.0)

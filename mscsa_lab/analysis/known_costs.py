@@ -1,11 +1,18 @@
-"""Batch-1 costs of the Table 7 profiles as shipped, measured once by ``scripts/make_unit_costs.py``.
+"""What the Table 7 profiles as shipped cost at batch 1, measured once by ``scripts/make_known_costs.py``.
 
-Costing a model on the meta device runs PyTorch's Python meta kernels through the whole network: one to
-two seconds for a Table 7 model, most of a first Build request. The profiles at their own settings and
-sizes are the requests made most, and their costs do not change between runs, so they ship in
-``assets/unit_costs.json`` with the torch and timm versions that measured them. Anything else (changed
-settings, another backbone, size, task or number of classes, other versions) is costed as before; a
-missing or damaged table only means costing as before.
+Two figures per profile, both deterministic (they depend on the architecture and the input size, never on
+the weights) and both slow to make on a request:
+
+- its memory cost (``analysis.cost.unit_cost``): PyTorch's Python meta kernels run through the whole
+  network, one to two seconds, most of a first Build request;
+- its per-component FLOPs and parameters (``analysis.profiler.profile_model``): an fvcore count, whose JIT
+  trace takes 0.5-2 s, most of a Profile request (CoaT-S: 1.9 s).
+
+The profiles at their own settings, 224x224, 1000 classes are the requests made most, so these figures
+ship in ``assets/known_costs.json`` with the torch, timm and fvcore versions that measured them (CI
+recomputes them: ``tests/test_known_costs.py``). Anything else (changed settings, another backbone,
+size, task or number of classes, other versions) is measured on the request; a missing or damaged table
+only means measuring on the request.
 """
 from __future__ import annotations
 
@@ -17,18 +24,26 @@ from typing import Any
 from mscsa_lab.analysis.cost import UnitCost
 from mscsa_lab.paths import ASSETS_DIR
 
-__all__ = ["TABLE_FILE", "cost_key", "known_unit_cost", "versions", "table_entry"]
+__all__ = ["TABLE_FILE", "cost_key", "known_unit_cost", "known_profile_report", "versions", "table_entry",
+           "count_entry", "SOURCE_NOTE"]
 
-TABLE_FILE = ASSETS_DIR / "unit_costs.json"
-_MAX_BYTES = 1 << 20
+TABLE_FILE = ASSETS_DIR / "known_costs.json"
+_MAX_BYTES = 4 << 20
+SOURCE_NOTE = ("FLOPs and parameters of {profile} as shipped at {size}: counted by fvcore with these torch, timm and "
+               "fvcore versions when the table was made (scripts/make_known_costs.py; CI recounts them). Change a "
+               "setting, the size, the task or the classes and they are counted on your request.")
 
 
 def versions() -> dict[str, str]:
-    """What the figures depend on: torch's major.minor (its meta kernels) and timm's exact version (its modules)."""
+    """What the figures depend on: torch's major.minor (its meta kernels and its tracer), timm's exact version
+    (its modules) and fvcore's (its counting rules)."""
+    from importlib import metadata
+
     import timm
     import torch
 
-    return {"torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]), "timm": timm.__version__}
+    return {"torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]), "timm": timm.__version__,
+            "fvcore": metadata.version("fvcore")}
 
 
 def cost_key(profile: str, task: str, input_size: tuple[int, int], num_classes: int, training: bool) -> str:
@@ -39,34 +54,48 @@ def table_entry(unit: UnitCost) -> dict[str, Any]:
     return {name: getattr(unit, name) for name in _MEASURED}
 
 
+def count_entry(report: Any) -> dict[str, Any]:
+    """What the table keeps of a ``profiler.ProfileReport``: its rows, totals, uncounted ops and MSCSA settings."""
+    return {"rows": [[r.name, r.group, r.level, r.flops, r.params] for r in report.rows],
+            "total_flops": report.total_flops, "total_params": report.total_params,
+            "uncounted_ops": dict(report.uncounted_ops), "mscsa_config": report.metadata.get("mscsa_config")}
+
+
 @functools.lru_cache(maxsize=1)
 def _table() -> dict[str, dict[str, Any]]:
+    """{"costs": {key: entry}, "counts": {key: entry}} of these versions, or empty sections."""
     from mscsa_lab.io.guarded import read_json
 
+    empty: dict[str, dict[str, Any]] = {"costs": {}, "counts": {}}
     if not TABLE_FILE.is_file():
-        return {}
+        return empty
     try:
         data = read_json(TABLE_FILE, _MAX_BYTES)
         if not isinstance(data, dict) or data.get("versions") != versions():
-            return {}
-        entries = data.get("costs")
-        return entries if isinstance(entries, dict) else {}
+            return empty
+        return {section: data[section] if isinstance(data.get(section), dict) else {} for section in empty}
     except Exception as error:  # noqa: BLE001 - a damaged table is only a slower first request
         warnings.warn(f"{TABLE_FILE} is not readable ({error}); costs are computed instead", stacklevel=2)
-        return {}
+        return empty
 
 
-def known_unit_cost(spec: Any, training: bool) -> UnitCost | None:
-    """The shipped ``UnitCost`` of ``spec`` (a ``workflows.ModelSpec``) when it is a Table 7 profile as
-    shipped (its own backbone and settings, no backbone arguments) at a size, task and class count the
-    table holds, measured by this torch and timm; else None."""
+def _shipped_key(spec: Any, training: bool) -> str | None:
+    """The table key of ``spec`` (a ``workflows.ModelSpec``) when it is a Table 7 profile as shipped: its own
+    backbone and settings, no backbone arguments. Whether the table holds that key is the caller's lookup."""
     if spec.profile is None or spec.backbone_kwargs or spec.modified:
         return None
     from mscsa_lab.presets import load_profile
 
     if spec.backbone != load_profile(spec.profile).backbone:
         return None
-    entry = _table().get(cost_key(spec.profile, spec.task, spec.input_size, spec.num_classes, training))
+    return cost_key(spec.profile, spec.task, spec.input_size, spec.num_classes, training)
+
+
+def known_unit_cost(spec: Any, training: bool) -> UnitCost | None:
+    """The shipped ``UnitCost`` of ``spec`` when it is a profile as shipped at a size, task and class count
+    the table holds, measured by these versions; else None."""
+    key = _shipped_key(spec, training)
+    entry = _table()["costs"].get(key) if key else None
     if not isinstance(entry, dict):
         return None
     try:
@@ -74,6 +103,36 @@ def known_unit_cost(spec: Any, training: bool) -> UnitCost | None:
                         **{name: (int if name in _COUNTS else float)(entry[name]) for name in _MEASURED})
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def known_profile_report(spec: Any, name: str | None = None) -> Any:
+    """The shipped per-component FLOPs and parameters of ``spec`` (a ``profiler.ProfileReport`` at batch 1,
+    called ``name``) when it is a profile as shipped that the table holds, counted with these versions;
+    else None (the caller counts)."""
+    from mscsa_lab.analysis.profiler import ComponentCost, ProfileReport
+    from mscsa_lab.io.metadata import run_metadata
+
+    key = _shipped_key(spec, False)
+    entry = _table()["counts"].get(key) if key else None
+    if not isinstance(entry, dict):
+        return None
+    try:
+        rows = [ComponentCost(str(n), str(g), int(level), int(flops), int(params))
+                for n, g, level, flops, params in entry["rows"]]
+        uncounted = {str(op): int(count) for op, count in dict(entry["uncounted_ops"]).items()}
+        total_flops, total_params = int(entry["total_flops"]), int(entry["total_params"])
+        config = dict(entry["mscsa_config"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    height, width = spec.input_size
+    label = name or f"{spec.label} + MSCSA"
+    size = f"{height}x{width}"
+    source = SOURCE_NOTE.format(profile=spec.profile, size=size)
+    return ProfileReport(
+        model=label, input_size=(height, width), batch=1, task=spec.task, rows=rows, total_flops=total_flops,
+        total_params=total_params, uncounted_ops=uncounted, notes=[source],
+        metadata=run_metadata(model=label, input_size=size, batch=1, task=spec.task, mscsa_config=config,
+                              flops_counted=source))
 
 
 _MEASURED = [field.name for field in dataclasses.fields(UnitCost)

@@ -55,6 +55,7 @@ class ProfileReport:
     total_params: int
     uncounted_ops: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. where the counts come from, when not from this request
 
     def row(self, name: str) -> ComponentCost:
         for row in self.rows:
@@ -95,7 +96,7 @@ class ProfileReport:
         )
 
     def to_table(self, convention: str = "mac") -> ResultTable:
-        notes = [f"FLOPs convention: {CONVENTIONS[convention]}.", uncounted_note(self.uncounted_ops)]
+        notes = [f"FLOPs convention: {CONVENTIONS[convention]}.", uncounted_note(self.uncounted_ops), *self.notes]
         return ResultTable(
             title=f"Per-component FLOPs and parameters: {self.model}",
             frame=self.to_frame(convention),
@@ -135,5 +136,5 @@ def profile_model(
         total_params=params[""],
         uncounted_ops=uncounted,
         metadata=run_metadata(model=label, input_size=f"{height}x{width}", batch=batch, task=model.task,
-                              mscsa_config=model.config.to_dict()),
+                              mscsa_config=model.config.to_dict(), flops_counted="by fvcore, on this request"),
     )

@@ -48,12 +48,33 @@ def trunc_normal_many_(tensors: list[torch.Tensor], stds: list[float], bound: fl
     first = pairs[0][0]
     draws = torch.empty(sum(t.numel() for t, _ in pairs), device=first.device, dtype=first.dtype)
     edge = math.erf(bound / math.sqrt(2.0))  # uniform in (-edge, edge) -> normal in (-bound, bound)
-    draws.uniform_(-edge, edge).erfinv_().mul_(math.sqrt(2.0))
+    _uniform_(draws, -edge, edge).erfinv_().mul_(math.sqrt(2.0))
     offset = 0
     for tensor, std in pairs:
         count = tensor.numel()
         torch.mul(draws[offset:offset + count].view_as(tensor), std, out=tensor)
         offset += count
+
+
+_CHUNKS = 4  # fixed, so the values depend on the seed only, not on how many threads drew them
+_PARALLEL_FROM = 1 << 22
+
+
+def _uniform_(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``values.uniform_(low, high)``, drawn in ``_CHUNKS`` parts by as many threads when it is large and on
+    the CPU: PyTorch's CPU ``uniform_`` runs on one core, and it was a third of building CoaT-S + MSCSA.
+    Each part has its own generator, seeded from the default one, so ``torch.manual_seed`` still makes
+    a build reproducible."""
+    if values.device.type != "cpu" or values.numel() < _PARALLEL_FROM:
+        return values.uniform_(low, high)
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = torch.randint(0, 2**62, (_CHUNKS,)).tolist()
+    parts = values.chunk(_CHUNKS)
+    with ThreadPoolExecutor(max(1, min(_CHUNKS, torch.get_num_threads()))) as pool:
+        list(pool.map(lambda i: parts[i].uniform_(low, high, generator=torch.Generator().manual_seed(seeds[i])),
+                      range(len(parts))))
+    return values
 
 
 def trunc_normal_fan_in_(weights: list[torch.Tensor], bound: float = 2.0) -> None:

@@ -239,7 +239,8 @@ def model_diagram(model: nn.Module, input_size: tuple[int, int] = (224, 224),
     """A block diagram of ``model`` at ``input_size`` (height, width): input, backbone stages,
     multi-stage aggregation, MSCSA blocks and head or dense fusion, every number read from the
     model and one forward pass. A plain ``Figure`` (no pyplot state) on an Agg canvas, sized to
-    its content; save it with ``bbox_inches="tight"`` or use ``save_diagram`` / ``diagram_svg``.
+    its content (saved as it is: ``bbox_inches="tight"`` would draw it twice only to add a margin);
+    ``save_diagram`` / ``diagram_svg`` write it.
     ``observation``: a forward pass already observed at ``input_size`` (``analysis.observe``)."""
     facts = diagram_facts(model, input_size, observation)
     title, subtitle = _headline(facts)
@@ -331,7 +332,7 @@ def figure_svg(figure: Figure) -> str:
     (the same model gives the same file)."""
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none"}):
-        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
     return buffer.getvalue()
 
 
@@ -351,5 +352,5 @@ def save_diagram(model: nn.Module, path: str | Path, input_size: tuple[int, int]
     if suffix == ".svg":
         path.write_text(figure_svg(figure), encoding="utf-8")
     else:
-        figure.savefig(path, format="png", dpi=150, bbox_inches="tight")
+        figure.savefig(path, format="png", dpi=150)
     return path
