@@ -9,56 +9,112 @@ the weights) and both slow to make on a request:
   trace takes 0.5-2 s, most of a Profile request (CoaT-S: 1.9 s).
 
 The profiles at their own settings, 224x224, 1000 classes are the requests made most, so these figures
-ship in ``assets/known_costs.json`` with the torch, timm and fvcore versions that measured them (CI
-recomputes them: ``tests/test_known_costs.py``). Anything else (changed settings, another backbone,
-size, task or number of classes, other versions) is measured on the request; a missing or damaged table
-only means measuring on the request.
+ship in ``assets/known_costs.json`` with what they depend on: the torch, timm and fvcore versions, and a
+fingerprint of this package's code that makes them (the model files, the profiles, the costing and
+counting code; ``SOURCES``). A table made by other versions or other code is not used: editing a model
+file without running the script again gives slower first requests, never stale figures (and
+``tests/test_known_costs.py`` fails until the table is made again). Anything else (changed settings,
+another backbone, size, task or number of classes) is measured on the request; a missing or damaged
+table only means measuring on the request.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import warnings
+from pathlib import Path
 from typing import Any
 
 from mscsa_lab.analysis.cost import UnitCost
-from mscsa_lab.paths import ASSETS_DIR
+from mscsa_lab.paths import ASSETS_DIR, PROFILES_DIR
 
-__all__ = ["TABLE_FILE", "cost_key", "known_unit_cost", "known_profile_report", "versions", "table_entry",
-           "count_entry", "SOURCE_NOTE"]
+__all__ = ["TABLE_FILE", "SOURCES", "SIZE", "cost_key", "known_unit_cost", "known_profile_report", "versions",
+           "source_fingerprint", "measure", "differences", "SOURCE_NOTE"]
 
 TABLE_FILE = ASSETS_DIR / "known_costs.json"
 _MAX_BYTES = 4 << 20
-SOURCE_NOTE = ("FLOPs and parameters of {profile} as shipped at {size}: counted by fvcore with these torch, timm and "
-               "fvcore versions when the table was made (scripts/make_known_costs.py; CI recounts them). Change a "
+SIZE = (224, 224)  # the size the table holds (with 1000 classes, the profiles' own task)
+SOURCE_NOTE = ("FLOPs and parameters of {profile} as shipped at {size}: counted by fvcore, with these torch, timm and "
+               "fvcore versions and this code, when the table was made (scripts/make_known_costs.py). Change a "
                "setting, the size, the task or the classes and they are counted on your request.")
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+# This package's code that the figures depend on, relative to the package (folders: every .py in them).
+SOURCES = ("models", "registry.py", "presets.py", "analysis/cost.py", "analysis/components.py", "analysis/flops.py",
+           "analysis/profiler.py", "analysis/tracker.py")
+
+
+@functools.lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """SHA-256 of ``SOURCES`` and the profile files, by relative path (line endings ignored): any edit of the
+    code that makes the figures, or of a profile, changes it."""
+    files = [(f"profiles/{path.name}", path) for path in sorted(PROFILES_DIR.glob("*.toml"))]
+    for name in SOURCES:
+        path = _PACKAGE / name
+        found = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        files += [(f"mscsa_lab/{p.relative_to(_PACKAGE).as_posix()}", p) for p in found]
+    digest = hashlib.sha256()
+    for name, path in files:
+        digest.update(name.encode() + b"\0" + path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
+    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:
     """What the figures depend on: torch's major.minor (its meta kernels and its tracer), timm's exact version
-    (its modules) and fvcore's (its counting rules)."""
+    (its modules), fvcore's (its counting rules) and this package's code (``source_fingerprint``)."""
     from importlib import metadata
 
     import timm
     import torch
 
     return {"torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]), "timm": timm.__version__,
-            "fvcore": metadata.version("fvcore")}
+            "fvcore": metadata.version("fvcore"), "code": source_fingerprint()}
 
 
 def cost_key(profile: str, task: str, input_size: tuple[int, int], num_classes: int, training: bool) -> str:
     return f"{profile}|{task}|{input_size[0]}x{input_size[1]}|{num_classes}|{'training' if training else 'inference'}"
 
 
-def table_entry(unit: UnitCost) -> dict[str, Any]:
-    return {name: getattr(unit, name) for name in _MEASURED}
+def measure(profile: str) -> dict[str, dict[str, Any]]:
+    """The table's entries of ``profile`` measured now, exactly as a request measures them: its memory cost on
+    the meta device for inference and for a training step (``analysis.cost.unit_cost``) and its fvcore count
+    (``analysis.profiler.profile_model`` on the built model). {"costs": {key: entry}, "counts": {key: entry}}."""
+    from mscsa_lab.analysis.cost import unit_cost
+    from mscsa_lab.analysis.profiler import profile_model
+    from mscsa_lab.workflows.spec import ModelSpec
+
+    spec = ModelSpec.resolve(profile, input_size=SIZE)
+    costs = {}
+    for training in (False, True):
+        unit = unit_cost(spec.meta(), label=spec.label, input_size=spec.input_size, training=training)
+        costs[cost_key(profile, spec.task, spec.input_size, spec.num_classes, training)] = \
+            {name: getattr(unit, name) for name in _MEASURED}
+    report = profile_model(spec.build(), spec.input_size)
+    count = {"rows": [[r.name, r.group, r.level, r.flops, r.params] for r in report.rows],
+             "total_flops": report.total_flops, "total_params": report.total_params,
+             "uncounted_ops": dict(report.uncounted_ops), "mscsa_config": report.metadata.get("mscsa_config")}
+    return {"costs": costs, "counts": {cost_key(profile, spec.task, spec.input_size, spec.num_classes, False): count}}
 
 
-def count_entry(report: Any) -> dict[str, Any]:
-    """What the table keeps of a ``profiler.ProfileReport``: its rows, totals, uncounted ops and MSCSA settings."""
-    return {"rows": [[r.name, r.group, r.level, r.flops, r.params] for r in report.rows],
-            "total_flops": report.total_flops, "total_params": report.total_params,
-            "uncounted_ops": dict(report.uncounted_ops), "mscsa_config": report.metadata.get("mscsa_config")}
+def differences(profiles: list[str]) -> list[str]:
+    """What the shipped table says about ``profiles`` that a fresh ``measure`` does not (empty: it is right),
+    one line per entry: missing, or which fields differ. A table of other versions or code is all missing."""
+    import json
+
+    lines = []
+    for profile in profiles:
+        for section, entries in measure(profile).items():
+            for key, fresh in entries.items():
+                shipped = _table()[section].get(key)
+                fresh = json.loads(json.dumps(fresh))  # as the table holds it: tuples become lists
+                if shipped is None:
+                    lines.append(f"{section} {key}: missing")
+                elif shipped != fresh:
+                    fields = sorted(k for k in set(shipped) | set(fresh) if shipped.get(k) != fresh.get(k))
+                    lines.append(f"{section} {key}: {', '.join(fields)} differ")
+    return lines
 
 
 @functools.lru_cache(maxsize=1)
