@@ -63,11 +63,12 @@ def everyday(values, name=lambda value: getattr(value, "name", value)):
 # The files that take longest in CI's two processes (about half a minute or more each, measured with
 # --durations=0), longest first. They are run first: pytest-xdist hands out whole files in this order (see
 # pytest_configure), and a long file handed out last kept one process busy for minutes after the other had finished.
-LONGEST_FILES = ("test_browser.py", "test_timm_contract.py", "test_app.py", "test_soak.py", "test_browser_truth.py",
-                 "test_distill.py", "test_models.py", "test_server_restart.py", "test_layout.py", "test_train.py",
-                 "test_known_costs.py", "test_hostile_inputs.py", "test_browser_distill.py", "test_profiler.py",
-                 "test_train_guards.py", "test_ablation.py", "test_paper_tables.py", "test_model_export.py",
-                 "test_coat.py", "test_concurrency.py", "test_limits.py", "test_workflows.py", "test_demo_model.py")
+LONGEST_FILES = ("test_timm_contract.py", "test_browser.py", "test_app.py", "test_distill.py", "test_browser_truth.py",
+                 "test_soak.py", "test_server_restart.py", "test_layout.py", "test_train.py", "test_train_guards.py",
+                 "test_hostile_inputs.py", "test_profiler.py", "test_ablation.py", "test_paper_tables.py",
+                 "test_model_export.py", "test_models.py", "test_browser_distill.py", "test_limits.py",
+                 "test_concurrency.py", "test_workflows.py", "test_coat.py", "test_explain_command.py",
+                 "test_known_costs.py", "test_explain_batch.py", "test_diagram.py")
 
 
 def pytest_configure(config):

@@ -2,7 +2,6 @@
 every tab keeps a failed action's message in its status line (after the notice is gone) with its results
 cleared, then says what a successful action did; no table header breaks inside a word and no chart is cut.
 Refreshes the screenshots in assets/screenshots/."""
-import time
 from pathlib import Path
 
 import pytest
@@ -63,13 +62,13 @@ def check_failure_stays(page, status: str, message: str, cleared: str | None = N
     """The status line says what failed once the notice is gone: faded by itself (``fade``, once: that takes
     ``NOTICE_GONE_S``) or closed by the user with its x."""
     expect(page.locator(f"#{status}")).to_contain_text(message)
-    if fade:
-        time.sleep(NOTICE_GONE_S)
-    else:
+    expect(page.locator(".toast-body:visible").first).to_be_visible()  # the notice is up
+    if not fade:
         for close in page.locator('[data-testid="toast-close"]').all():
             if close.is_visible():
                 close.click()
-    expect(page.locator(".toast-body:visible")).to_have_count(0)
+    # a notice left alone fades within NOTICE_GONE_S: wait for that, not a fixed time
+    expect(page.locator(".toast-body:visible")).to_have_count(0, timeout=NOTICE_GONE_S * 1000)
     expect(page.locator(f"#{status}")).to_contain_text("Failed")
     expect(page.locator(f"#{status}")).to_contain_text(message)
     if cleared:
