@@ -6,7 +6,8 @@
 
 Each profile at 224x224 with 1000 classes (``analysis.known_costs.measure``): its memory cost for inference and
 for a training step, costed on the meta device exactly as a request is, and its per-component FLOPs and
-parameters, counted by fvcore exactly as the Profile action counts them. The table records the torch, timm and
+parameters, counted by fvcore exactly as the Profile action counts them, and its backbone's alone, as the Compare
+action counts it. The table records the torch, timm and
 fvcore versions and a fingerprint of the code that makes the figures, and is used only under the same ones.
 Run it again after changing a model file, a profile or the costing code, or upgrading torch, timm or fvcore;
 ``tests/test_known_costs.py`` fails until then.
@@ -37,14 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         found = differences(args.check or [p.name for p in list_profiles()])
         print("\n".join(found) if found else f"{TABLE_FILE} agrees with a fresh measurement")
         return 1 if found else 0
-    table = {"versions": versions(), "costs": {}, "counts": {}}
+    table = {"versions": versions(), "costs": {}, "counts": {}, "baselines": {}}
     for profile in list_profiles():
         started = time.perf_counter()
         for section, entries in measure(profile.name).items():
             table[section].update(entries)
         print(f"{profile.name:16} {time.perf_counter() - started:5.2f} s", flush=True)
     TABLE_FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {TABLE_FILE} ({len(table['costs'])} costs, {len(table['counts'])} counts)")
+    print(f"wrote {TABLE_FILE} ({len(table['costs'])} costs, {len(table['counts'])} counts, "
+          f"{len(table['baselines'])} backbones alone)")
     return 0
 
 

@@ -44,7 +44,7 @@ def test_a_table_of_other_code_is_not_used(tmp_path, monkeypatch):
         assert known_unit_cost(spec, False) is None and known_profile_report(spec) is None
         assert differences(["topformer_tiny"]) == [  # what --check says of such a table
             f"{section} {cost_key('topformer_tiny', 'classification', (224, 224), 1000, training)}: missing"
-            for section, training in (("costs", False), ("costs", True), ("counts", False))]
+            for section, training in (("costs", False), ("costs", True), ("counts", False), ("baselines", False))]
     finally:
         _table.cache_clear()
 
@@ -101,3 +101,23 @@ def test_profile_answers_a_shipped_profile_from_the_table_and_counts_anything_el
     rows = ["aggregation", "CSA 1 (block 1)", "FFN (block 1)"]
     both = fresh.table.frame.set_index("Component").loc[rows, "FLOPs (G)"]
     assert both.tolist() == frame.loc[rows, "FLOPs (G)"].tolist()
+
+
+def test_compare_answers_profiles_as_shipped_from_the_table_and_counts_anything_else(monkeypatch):
+    from mscsa_lab.analysis import compare as compare_module
+    from mscsa_lab.analysis.compare import compare_backbones
+    from mscsa_lab.workflows.comparing import compare_action
+
+    fresh = compare_backbones(["resnet18", "topformer_tiny"]).frame  # counted here, as the library does by default
+    measured = []
+    real = compare_module.measure_pair
+    monkeypatch.setattr(compare_module, "measure_pair", lambda *a, **k: measured.append(a[0]) or real(*a, **k))
+    shipped = compare_action(["resnet18", "topformer_tiny"]).table.frame
+    assert measured == []  # nothing built, nothing traced
+    notes = compare_action(["resnet18", "topformer_tiny"]).table.notes
+    assert any(note.startswith("Counts of ResNet-18, TopFormer-T (profiles as shipped") for note in notes)
+    columns = ["Model", "FLOPs (G)", "+MSCSA FLOPs (G)", "Params (M)", "+MSCSA Params (M)", "Paper FLOPs (G)"]
+    assert shipped[columns].equals(fresh[columns])
+    compare_action(["resnet18"], input_size=(64, 64))  # another size: counted on the request
+    compare_action([ModelSpec.resolve("resnet18", settings={"depth": 2})])  # changed settings: counted
+    assert measured == ["resnet18", "resnet18"]

@@ -25,8 +25,8 @@ from mscsa_lab.registry import SEGMENTATION, create_mscsa_model, resolve_name
 from mscsa_lab.analysis.profiler import CONVENTIONS, convention_factor
 from mscsa_lab.presets import Profile
 
-__all__ = ["ModelPair", "Configuration", "build_pair", "measure_pair", "compare_backbones", "comparison_table",
-           "as_configuration"]
+__all__ = ["ModelPair", "Configuration", "build_pair", "build_baseline", "measure_pair", "compare_backbones",
+           "comparison_table", "as_configuration", "count_flops_and_uncounted"]
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,24 @@ class ModelPair:
     fps: float | None = None
     fps_mscsa: float | None = None
     dfps_interval: tuple[float, float] | None = None  # 95% interval of dFPS (%), when measured interleaved
+    from_table: bool = False  # counted when the shipped table was made (analysis.known_costs), not on this request
 
 
-def _count(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
+def count_flops_and_uncounted(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """fvcore's total multiply-adds of ``model`` on ``x`` and the operators it did not count."""
     analysis = flop_analysis(model, x)
     return analysis.total(), dict(analysis.unsupported_ops())
+
+
+def build_baseline(name: str | Profile, size: tuple[int, int], task: str) -> torch.nn.Module:
+    """The backbone alone as timm builds it, the left side of a comparison (in eval mode)."""
+    label, profile = resolve_name(name)
+    base_kwargs: dict[str, Any] = {}
+    if task == "dense":
+        base_kwargs["features_only"] = True
+    elif task == SEGMENTATION:
+        base_kwargs["task"] = "dense"  # TopFormer's timm entry point builds TopFormerSeg for task="dense"
+    return create_timm_model(profile.baseline_model if profile else label, size, **base_kwargs).eval()
 
 
 def build_pair(
@@ -96,19 +109,12 @@ def build_pair(
     Segmentation (TopFormer profiles): TopFormer's segmentation model with SASE, and with MSCSA."""
     height, width = parse_input_size(*input_size)
     label, profile = resolve_name(name)
-    backbone_name = profile.backbone if profile else label
-    baseline_name = profile.baseline_model if profile else label
     if profile is not None:
         profile.require_available()
-    model = create_mscsa_model(profile, backbone=None if profile else backbone_name, task=task,
-                               img_size=(height, width), **settings)
-    base_kwargs: dict[str, Any] = {}
-    if task == "dense":
-        base_kwargs["features_only"] = True
-    elif task == SEGMENTATION:
-        base_kwargs["task"] = "dense"  # TopFormer's timm entry point builds TopFormerSeg for task="dense"
-    base = create_timm_model(baseline_name, (height, width), **base_kwargs)
-    return (profile.title if profile else label), profile, base.eval(), model.eval()
+    model = create_mscsa_model(profile, backbone=None if profile else label, task=task, img_size=(height, width),
+                               **settings)
+    base = build_baseline(profile or label, (height, width), task)
+    return (profile.title if profile else label), profile, base, model.eval()
 
 
 def measure_pair(
@@ -131,8 +137,8 @@ def measure_built_pair(label: str, profile: Profile | None, base: torch.nn.Modul
     """Count a built pair; the paper's figures stand beside an unmodified profile only."""
     height, width = size
     x = torch.zeros(batch, int(getattr(model, "in_chans", 3)), height, width)
-    flops, uncounted = _count(base, x)
-    flops_mscsa, uncounted_mscsa = _count(model, x)
+    flops, uncounted = count_flops_and_uncounted(base, x)
+    flops_mscsa, uncounted_mscsa = count_flops_and_uncounted(model, x)
     for op, count in uncounted_mscsa.items():
         uncounted[op] = max(uncounted.get(op, 0), count)
     return ModelPair(
@@ -228,6 +234,11 @@ def comparison_table(
         notes.append("Paper figures: Table 6 of Shang et al. (2023), ImageNet-1k at 224x224, FPS on one NVIDIA A100; "
                      "beside the paper's own configurations only (a changed setting leaves them out).")
     notes.append(uncounted_note(uncounted))
+    shipped = [pair.name for pair in pairs if pair.from_table]
+    if shipped:
+        notes.append(f"Counts of {', '.join(shipped)} (profiles as shipped at 224x224): made by fvcore with these "
+                     "torch, timm and fvcore versions and this code when the table was made "
+                     "(scripts/make_known_costs.py); every other row was counted on this request.")
     metadata = run_metadata(input_size=f"{height}x{width}", batch=batch, task=task, flops_convention=convention,
                             **(extra_metadata or {}))
     frame = pd.DataFrame(rows)
@@ -249,11 +260,14 @@ def compare_backbones(
     batch: int = 1,
     convention: str = "mac",
     progress: Callable[[float, str], None] | None = None,
+    known: bool = False,
     **settings: Any,
 ) -> ResultTable:
     """Measure every named backbone (profile names or timm names, with ``settings``; or a ``Configuration``
     with its own settings and label) and return the Table 6 layout;
-    ``progress(fraction, message)`` hears before and after each backbone (``compare --all`` takes a minute)."""
+    ``progress(fraction, message)`` hears before and after each backbone (``compare --all`` takes a minute).
+    ``known``: a profile as shipped at 224x224 takes its counts from ``analysis.known_costs`` (the Compare
+    action's choice; the default counts every pair here)."""
     size = parse_input_size(*input_size)
     entries = [as_configuration(item, **settings) for item in names]
     pairs = []
@@ -261,8 +275,14 @@ def compare_backbones(
         label = entry.label or entry.name
         if progress is not None:
             progress(index / len(entries), f"{label}: building and counting with and without MSCSA")
-        pair = measure_pair(entry.name, entry.input_size or size, entry.task or task, batch, entry.modified,
-                            **entry.settings_dict)
+        pair = None
+        if known and batch == 1 and not entry.settings:
+            from mscsa_lab.analysis.known_costs import known_pair
+
+            pair = known_pair(entry.name, entry.input_size or size, entry.task or task)
+        if pair is None:
+            pair = measure_pair(entry.name, entry.input_size or size, entry.task or task, batch, entry.modified,
+                                **entry.settings_dict)
         if entry.label:
             pair.name = entry.label
         pairs.append(pair)

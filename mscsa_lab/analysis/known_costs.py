@@ -29,8 +29,8 @@ from typing import Any
 from mscsa_lab.analysis.cost import UnitCost
 from mscsa_lab.paths import ASSETS_DIR, PROFILES_DIR
 
-__all__ = ["TABLE_FILE", "SOURCES", "SIZE", "cost_key", "known_unit_cost", "known_profile_report", "versions",
-           "source_fingerprint", "measure", "differences", "SOURCE_NOTE"]
+__all__ = ["TABLE_FILE", "SOURCES", "SIZE", "cost_key", "known_unit_cost", "known_profile_report", "known_pair",
+           "versions", "source_fingerprint", "measure", "differences", "SOURCE_NOTE"]
 
 TABLE_FILE = ASSETS_DIR / "known_costs.json"
 _MAX_BYTES = 4 << 20
@@ -43,7 +43,7 @@ SOURCE_NOTE = ("FLOPs and parameters of {profile} as shipped at {size}: counted 
 _PACKAGE = Path(__file__).resolve().parent.parent
 # This package's code that the figures depend on, relative to the package (folders: every .py in them).
 SOURCES = ("models", "registry.py", "presets.py", "analysis/cost.py", "analysis/components.py", "analysis/flops.py",
-           "analysis/profiler.py", "analysis/tracker.py")
+           "analysis/profiler.py", "analysis/tracker.py", "analysis/compare.py")
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,8 +79,9 @@ def cost_key(profile: str, task: str, input_size: tuple[int, int], num_classes: 
 
 def measure(profile: str) -> dict[str, dict[str, Any]]:
     """The table's entries of ``profile`` measured now, exactly as a request measures them: its memory cost on
-    the meta device for inference and for a training step (``analysis.cost.unit_cost``) and its fvcore count
-    (``analysis.profiler.profile_model`` on the built model). {"costs": {key: entry}, "counts": {key: entry}}."""
+    the meta device for inference and for a training step (``analysis.cost.unit_cost``), its fvcore count
+    (``analysis.profiler.profile_model`` on the built model) and its backbone's alone (the Compare action's
+    baseline). {"costs": {key: entry}, "counts": {key: entry}, "baselines": {key: entry}}."""
     from mscsa_lab.analysis.cost import unit_cost
     from mscsa_lab.analysis.profiler import profile_model
     from mscsa_lab.workflows.spec import ModelSpec
@@ -91,11 +92,53 @@ def measure(profile: str) -> dict[str, dict[str, Any]]:
         unit = unit_cost(spec.meta(), label=spec.label, input_size=spec.input_size, training=training)
         costs[cost_key(profile, spec.task, spec.input_size, spec.num_classes, training)] = \
             {name: getattr(unit, name) for name in _MEASURED}
-    report = profile_model(spec.build(), spec.input_size)
+    model = spec.build()
+    report = profile_model(model, spec.input_size)
+    key = cost_key(profile, spec.task, spec.input_size, spec.num_classes, False)
     count = {"rows": [[r.name, r.group, r.level, r.flops, r.params] for r in report.rows],
              "total_flops": report.total_flops, "total_params": report.total_params,
              "uncounted_ops": dict(report.uncounted_ops), "mscsa_config": report.metadata.get("mscsa_config")}
-    return {"costs": costs, "counts": {cost_key(profile, spec.task, spec.input_size, spec.num_classes, False): count}}
+    return {"costs": costs, "counts": {key: count}, "baselines": {key: _measure_baseline(profile, model)}}
+
+
+def _measure_baseline(profile: str, model: Any) -> dict[str, Any]:
+    """The backbone alone, as the Compare action builds and counts it (``analysis.compare.measure_pair``)."""
+    import torch
+
+    from mscsa_lab.analysis.compare import build_baseline, count_flops_and_uncounted
+
+    base = build_baseline(profile, SIZE, "classification")
+    flops, uncounted = count_flops_and_uncounted(base, torch.zeros(1, 3, *SIZE))
+    return {"flops": flops, "params": sum(p.numel() for p in base.parameters()), "uncounted_ops": uncounted,
+            "backbone": getattr(model, "backbone_name", None) or model.backbone.name}
+
+
+def known_pair(name: str, input_size: tuple[int, int], task: str) -> Any:
+    """The shipped ``analysis.compare.ModelPair`` of a Table 7 profile as shipped (no settings) at the table's
+    size, classification, counted with these versions and this code; else None (the caller counts)."""
+    from mscsa_lab.analysis.compare import ModelPair, paper_figures
+    from mscsa_lab.presets import ProfileError, load_profile, profile_names
+
+    if task != "classification" or tuple(input_size) != SIZE or name not in profile_names():
+        return None
+    try:
+        profile = load_profile(name)
+    except ProfileError:
+        return None
+    key = cost_key(profile.name, task, SIZE, 1000, False)
+    count, base = _table()["counts"].get(key), _table()["baselines"].get(key)
+    if not isinstance(count, dict) or not isinstance(base, dict):
+        return None
+    try:
+        uncounted = {str(op): int(n) for op, n in dict(base["uncounted_ops"]).items()}
+        for op, n in dict(count["uncounted_ops"]).items():
+            uncounted[str(op)] = max(uncounted.get(str(op), 0), int(n))
+        return ModelPair(name=profile.title, backbone=str(base["backbone"]), flops=int(base["flops"]),
+                         flops_mscsa=int(count["total_flops"]), params=int(base["params"]),
+                         params_mscsa=int(count["total_params"]), uncounted_ops=uncounted,
+                         paper=paper_figures(profile, task, SIZE), input_size=SIZE, task=task, from_table=True)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def differences(profiles: list[str]) -> list[str]:
@@ -119,10 +162,11 @@ def differences(profiles: list[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _table() -> dict[str, dict[str, Any]]:
-    """{"costs": {key: entry}, "counts": {key: entry}} of these versions, or empty sections."""
+    """{"costs": {key: entry}, "counts": {key: entry}, "baselines": {key: entry}} of these versions and this
+    code, or empty sections."""
     from mscsa_lab.io.guarded import read_json
 
-    empty: dict[str, dict[str, Any]] = {"costs": {}, "counts": {}}
+    empty: dict[str, dict[str, Any]] = {"costs": {}, "counts": {}, "baselines": {}}
     if not TABLE_FILE.is_file():
         return empty
     try:

@@ -49,7 +49,8 @@ def compare_action(entries: Sequence[str | ModelSpec], *, input_size: tuple[int,
         table = compare_with_fps(configurations, input_size, settings, task, convention, progress=progress,
                                  stop=stop)
     else:
-        table = compare_backbones(configurations, input_size, task, convention=convention, progress=progress)
+        table = compare_backbones(configurations, input_size, task, convention=convention, progress=progress,
+                                  known=True)
     return ActionResult(title=table.title, table=table, figures={"flops": plot_comparison(table.frame, table.title)},
                         warnings=list(table.metadata.get("warnings") or []))
 
