@@ -79,7 +79,8 @@ def test_a_request_uses_them_only_for_a_profile_as_shipped(monkeypatch):
 def test_profile_answers_a_shipped_profile_from_the_table_and_counts_anything_else(monkeypatch):
     counted = []
     real = profiler_module.profile_model
-    monkeypatch.setattr(profiler_module, "profile_model", lambda model, *a, **k: counted.append(k) or real(model, *a, **k))
+    monkeypatch.setattr(profiler_module, "profile_model",
+                        lambda model, *a, **k: counted.append(k) or real(model, *a, **k))
     store = ModelStore()
     shipped = ModelSpec.resolve("resnet18")
     result = profile_action(shipped, store=store)

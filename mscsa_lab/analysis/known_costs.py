@@ -1,12 +1,14 @@
 """What the Table 7 profiles as shipped cost at batch 1, measured once by ``scripts/make_known_costs.py``.
 
-Two figures per profile, both deterministic (they depend on the architecture and the input size, never on
-the weights) and both slow to make on a request:
+Three figures per profile, all deterministic (they depend on the architecture and the input size, never on
+the weights) and all slow to make on a request:
 
 - its memory cost (``analysis.cost.unit_cost``): PyTorch's Python meta kernels run through the whole
   network, one to two seconds, most of a first Build request;
 - its per-component FLOPs and parameters (``analysis.profiler.profile_model``): an fvcore count, whose JIT
-  trace takes 0.5-2 s, most of a Profile request (CoaT-S: 1.9 s).
+  trace takes 0.5-2 s, most of a Profile request (CoaT-S: 1.9 s);
+- its backbone's FLOPs and parameters alone (``analysis.compare``'s baseline): with the total of the count
+  above, a Compare row without building either model (two profiles: 3.2 s -> 0.15 s).
 
 The profiles at their own settings, 224x224, 1000 classes are the requests made most, so these figures
 ship in ``assets/known_costs.json`` with what they depend on: the torch, timm and fvcore versions, and a

@@ -43,7 +43,8 @@ class SampleCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def sample(self, index: int, seed: int, size: int, min_fraction: float, max_fraction: float) -> tuple[np.ndarray, int]:
+    def sample(self, index: int, seed: int, size: int, min_fraction: float,
+               max_fraction: float) -> tuple[np.ndarray, int]:
         key = (index, seed, size, min_fraction, max_fraction)
         with self._lock:
             if key in self._items:
