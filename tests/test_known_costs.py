@@ -7,8 +7,8 @@ import pytest
 from mscsa_lab.analysis import cost as cost_module
 from mscsa_lab.analysis import known_costs
 from mscsa_lab.analysis import profiler as profiler_module
-from mscsa_lab.analysis.known_costs import (SOURCES, TABLE_FILE, _table, cost_key, differences, known_profile_report,
-                                            known_unit_cost, source_fingerprint, versions)
+from mscsa_lab.analysis.known_costs import (SOURCES, TABLE_FILE, _table, cost_key, differences, known_pair,
+                                            known_profile_report, known_unit_cost, source_fingerprint, versions)
 from mscsa_lab.presets import list_profiles
 from mscsa_lab.workflows.profiling import profile_action
 from mscsa_lab.workflows.spec import ModelSpec, _unit_cost
@@ -25,11 +25,24 @@ def test_the_table_is_of_these_versions_and_this_code_and_covers_every_profile()
         assert cost_key(profile.name, "classification", (224, 224), 1000, False) in _table()["counts"]
 
 
-def test_shipped_costs_and_counts_equal_a_fresh_measurement():
-    """Two profiles, a TopFormer (its own backbone, dense fusion's neighbour) and a timm one, measured again:
-    the table's figures are what a request would compute (``scripts/make_known_costs.py --check`` does all 13;
-    the code fingerprint above is what keeps the other 11 from going stale)."""
+@pytest.mark.slow
+def test_shipped_costs_and_counts_equal_a_fresh_measurement(tmp_path, monkeypatch):
+    """Two profiles, a TopFormer (its own backbone) and a timm one, measured again: the table's figures are what
+    a request would compute (``scripts/make_known_costs.py --check`` does all 13; the code fingerprint is what
+    keeps the other 11 from going stale). A table of other code says every entry is missing."""
     assert differences(["topformer_tiny", "resnet18"]) == []
+    table = json.loads(TABLE_FILE.read_text())
+    table["versions"]["code"] = "0" * 64
+    stale = tmp_path / "known_costs.json"
+    stale.write_text(json.dumps(table))
+    monkeypatch.setattr(known_costs, "TABLE_FILE", stale)
+    _table.cache_clear()
+    try:
+        assert differences(["topformer_tiny"]) == [  # what --check says of such a table
+            f"{section} {cost_key('topformer_tiny', 'classification', (224, 224), 1000, training)}: missing"
+            for section, training in (("costs", False), ("costs", True), ("counts", False), ("baselines", False))]
+    finally:
+        _table.cache_clear()
 
 
 def test_a_table_of_other_code_is_not_used(tmp_path, monkeypatch):
@@ -42,9 +55,7 @@ def test_a_table_of_other_code_is_not_used(tmp_path, monkeypatch):
     try:
         spec = ModelSpec.resolve("resnet18")
         assert known_unit_cost(spec, False) is None and known_profile_report(spec) is None
-        assert differences(["topformer_tiny"]) == [  # what --check says of such a table
-            f"{section} {cost_key('topformer_tiny', 'classification', (224, 224), 1000, training)}: missing"
-            for section, training in (("costs", False), ("costs", True), ("counts", False), ("baselines", False))]
+        assert known_pair("resnet18", (224, 224), "classification") is None
     finally:
         _table.cache_clear()
 
@@ -104,6 +115,7 @@ def test_profile_answers_a_shipped_profile_from_the_table_and_counts_anything_el
     assert both.tolist() == frame.loc[rows, "FLOPs (G)"].tolist()
 
 
+@pytest.mark.slow
 def test_compare_answers_profiles_as_shipped_from_the_table_and_counts_anything_else(monkeypatch):
     from mscsa_lab.analysis import compare as compare_module
     from mscsa_lab.analysis.compare import compare_backbones

@@ -238,7 +238,8 @@ def comparison_table(
     if shipped:
         notes.append(f"Counts of {', '.join(shipped)} (profiles as shipped at 224x224): made by fvcore with these "
                      "torch, timm and fvcore versions and this code when the table was made "
-                     "(scripts/make_known_costs.py); every other row was counted on this request.")
+                     "(scripts/make_known_costs.py)"
+                     + ("; every other row was counted on this request." if len(shipped) < len(pairs) else "."))
     metadata = run_metadata(input_size=f"{height}x{width}", batch=batch, task=task, flops_convention=convention,
                             **(extra_metadata or {}))
     frame = pd.DataFrame(rows)
