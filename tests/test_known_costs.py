@@ -1,14 +1,16 @@
 """The shipped costs and counts of the Table 7 profiles (``assets/known_costs.json``) are what the meta device
 and fvcore give today, and a request uses them only for a profile exactly as shipped."""
 import json
+import shutil
 
 import pytest
 
 from mscsa_lab.analysis import cost as cost_module
 from mscsa_lab.analysis import known_costs
 from mscsa_lab.analysis import profiler as profiler_module
-from mscsa_lab.analysis.known_costs import (SOURCES, TABLE_FILE, _table, cost_key, differences, known_pair,
-                                            known_profile_report, known_unit_cost, source_fingerprint, versions)
+from mscsa_lab.analysis.known_costs import (TABLE_FILE, _table, cost_key, differences, known_pair, known_profile_report,
+                                            known_unit_cost, source_fingerprint, versions)
+from mscsa_lab.paths import PROFILES_DIR
 from mscsa_lab.presets import list_profiles
 from mscsa_lab.workflows.profiling import profile_action
 from mscsa_lab.workflows.spec import ModelSpec, _unit_cost
@@ -23,48 +25,60 @@ def test_the_table_is_of_these_versions_and_this_code_and_covers_every_profile()
         for training in (False, True):
             assert cost_key(profile.name, "classification", (224, 224), 1000, training) in _table()["costs"]
         assert cost_key(profile.name, "classification", (224, 224), 1000, False) in _table()["counts"]
+        assert cost_key(profile.name, "classification", (224, 224), 1000, False) in _table()["baselines"]
 
 
-@pytest.mark.slow
-def test_shipped_costs_and_counts_equal_a_fresh_measurement(tmp_path, monkeypatch):
-    """Two profiles, a TopFormer (its own backbone) and a timm one, measured again: the table's figures are what
-    a request would compute (``scripts/make_known_costs.py --check`` does all 13; the code fingerprint is what
-    keeps the other 11 from going stale). A table of other code says every entry is missing."""
-    assert differences(["topformer_tiny", "resnet18"]) == []
+@pytest.fixture
+def stale_table(tmp_path, monkeypatch):
+    """The shipped table as if made before some edit of a model file (another code fingerprint)."""
     table = json.loads(TABLE_FILE.read_text())
     table["versions"]["code"] = "0" * 64
     stale = tmp_path / "known_costs.json"
     stale.write_text(json.dumps(table))
     monkeypatch.setattr(known_costs, "TABLE_FILE", stale)
     _table.cache_clear()
-    try:
-        assert differences(["topformer_tiny"]) == [  # what --check says of such a table
-            f"{section} {cost_key('topformer_tiny', 'classification', (224, 224), 1000, training)}: missing"
-            for section, training in (("costs", False), ("costs", True), ("counts", False), ("baselines", False))]
-    finally:
-        _table.cache_clear()
-
-
-def test_a_table_of_other_code_is_not_used(tmp_path, monkeypatch):
-    table = json.loads(TABLE_FILE.read_text())
-    table["versions"]["code"] = "0" * 64  # made before some edit of a model file
-    stale = tmp_path / "known_costs.json"
-    stale.write_text(json.dumps(table))
-    monkeypatch.setattr(known_costs, "TABLE_FILE", stale)
+    yield stale
     _table.cache_clear()
-    try:
-        spec = ModelSpec.resolve("resnet18")
-        assert known_unit_cost(spec, False) is None and known_profile_report(spec) is None
-        assert known_pair("resnet18", (224, 224), "classification") is None
-    finally:
-        _table.cache_clear()
 
 
-def test_the_fingerprint_follows_the_model_code_and_the_profiles():
-    assert {"models", "registry.py", "analysis/profiler.py", "analysis/cost.py"} <= set(SOURCES)
-    fingerprint = source_fingerprint()
+@pytest.mark.slow
+def test_shipped_costs_and_counts_equal_a_fresh_measurement():
+    """Two profiles, a TopFormer (its own backbone) and a timm one, measured again: the table's figures are what
+    a request would compute (``scripts/make_known_costs.py --check`` does all 13; the code fingerprint is what
+    keeps the other 11 from going stale)."""
+    assert differences(["topformer_tiny", "resnet18"]) == []
+
+
+@pytest.mark.slow
+def test_check_says_every_entry_of_a_stale_table_is_missing(stale_table):
+    assert differences(["topformer_tiny"]) == [
+        f"{section} {cost_key('topformer_tiny', 'classification', (224, 224), 1000, training)}: missing"
+        for section, training in (("costs", False), ("costs", True), ("counts", False), ("baselines", False))]
+
+
+def test_a_table_of_other_code_is_not_used(stale_table):
+    spec = ModelSpec.resolve("resnet18")
+    assert known_unit_cost(spec, False) is None and known_profile_report(spec) is None
+    assert known_pair("resnet18", (224, 224), "classification") is None
+
+
+def test_the_fingerprint_changes_with_the_model_code_and_the_profiles(tmp_path, monkeypatch):
+    """On a copy of the package and the profiles: the same files give the same fingerprint, an edited model
+    file or profile another one."""
+    package, profiles = tmp_path / "mscsa_lab", tmp_path / "profiles"
+    shutil.copytree(known_costs._PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROFILES_DIR, profiles)
+    original = source_fingerprint()
+    monkeypatch.setattr(known_costs, "_PACKAGE", package)
+    monkeypatch.setattr(known_costs, "PROFILES_DIR", profiles)
+    fingerprints = []
+    for edit in (None, package / "models" / "mscsa.py", profiles / "resnet18.toml"):
+        if edit is not None:
+            edit.write_text(edit.read_text() + "\n# an edit\n")
+        source_fingerprint.cache_clear()
+        fingerprints.append(source_fingerprint())
     source_fingerprint.cache_clear()
-    assert source_fingerprint() == fingerprint and len(fingerprint) == 64  # stable between calls
+    assert fingerprints[0] == original and len(set(fingerprints)) == 3
 
 
 def test_a_request_uses_them_only_for_a_profile_as_shipped(monkeypatch):
