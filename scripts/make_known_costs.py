@@ -1,6 +1,6 @@
 """Measure what every Table 7 profile as shipped costs and write ``assets/known_costs.json``.
 
-    python scripts/make_known_costs.py                    # about a minute on 2 cores
+    python scripts/make_known_costs.py                    # about a minute and a half on 2 cores
     python scripts/make_known_costs.py --check            # compare the table with a fresh measurement, write nothing
     python scripts/make_known_costs.py --check resnet18   # the same for some profiles
 
