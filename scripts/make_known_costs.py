@@ -5,10 +5,10 @@
     python scripts/make_known_costs.py --check resnet18   # the same for some profiles
 
 Each profile at 224x224 with 1000 classes (``analysis.known_costs.measure``): its memory cost for inference and
-for a training step, costed on the meta device exactly as a request is, and its per-component FLOPs and
-parameters, counted by fvcore exactly as the Profile action counts them, and its backbone's alone, as the Compare
-action counts it. The table records the torch, timm and
-fvcore versions and a fingerprint of the code that makes the figures, and is used only under the same ones.
+for a training step, costed on the meta device exactly as a request is; its per-component FLOPs and parameters,
+counted by fvcore exactly as the Profile action counts them; and its backbone's alone, as the Compare action
+counts it. The table records the torch, timm and fvcore versions and a fingerprint of the code that makes the
+figures, and is used only under the same ones.
 Run it again after changing a model file, a profile or the costing code, or upgrading torch, timm or fvcore;
 ``tests/test_known_costs.py`` fails until then.
 """

@@ -236,9 +236,9 @@ def comparison_table(
     notes.append(uncounted_note(uncounted))
     shipped = [pair.name for pair in pairs if pair.from_table]
     if shipped:
-        notes.append(f"Counts of {', '.join(shipped)} (profiles as shipped at 224x224): made by fvcore with these "
-                     "torch, timm and fvcore versions and this code when the table was made "
-                     "(scripts/make_known_costs.py)"
+        from mscsa_lab.analysis.known_costs import source_note
+
+        notes.append(source_note(f"Counts of {', '.join(shipped)} (profiles as shipped at 224x224)")
                      + ("; every other row was counted on this request." if len(shipped) < len(pairs) else "."))
     metadata = run_metadata(input_size=f"{height}x{width}", batch=batch, task=task, flops_convention=convention,
                             **(extra_metadata or {}))

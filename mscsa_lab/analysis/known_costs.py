@@ -32,14 +32,18 @@ from mscsa_lab.analysis.cost import UnitCost
 from mscsa_lab.paths import ASSETS_DIR, PROFILES_DIR
 
 __all__ = ["TABLE_FILE", "SOURCES", "SIZE", "cost_key", "known_unit_cost", "known_profile_report", "known_pair",
-           "versions", "source_fingerprint", "measure", "differences", "SOURCE_NOTE"]
+           "versions", "source_fingerprint", "measure", "differences", "source_note"]
 
 TABLE_FILE = ASSETS_DIR / "known_costs.json"
 _MAX_BYTES = 4 << 20
 SIZE = (224, 224)  # the size the table holds (with 1000 classes, the profiles' own task)
-SOURCE_NOTE = ("FLOPs and parameters of {profile} as shipped at {size}: counted by fvcore, with these torch, timm and "
-               "fvcore versions and this code, when the table was made (scripts/make_known_costs.py). Change a "
-               "setting, the size, the task or the classes and they are counted on your request.")
+
+
+def source_note(what: str) -> str:
+    """The note under a result whose ``what`` (e.g. "FLOPs and parameters of resnet18 as shipped at 224x224")
+    comes from the table rather than from this request."""
+    return (f"{what}: counted by fvcore, with these torch, timm and fvcore versions and this code, when the table "
+            "was made (scripts/make_known_costs.py)")
 
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -229,7 +233,8 @@ def known_profile_report(spec: Any, name: str | None = None) -> Any:
     height, width = spec.input_size
     label = name or f"{spec.label} + MSCSA"
     size = f"{height}x{width}"
-    source = SOURCE_NOTE.format(profile=spec.profile, size=size)
+    source = (source_note(f"FLOPs and parameters of {spec.profile} as shipped at {size}")
+              + ". Change a setting, the size, the task or the classes and they are counted on your request.")
     return ProfileReport(
         model=label, input_size=(height, width), batch=1, task=spec.task, rows=rows, total_flops=total_flops,
         total_params=total_params, uncounted_ops=uncounted, notes=[source],
