@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from conftest import run_command
 from mscsa_lab.analysis import cost as cost_module
 from mscsa_lab.analysis import known_costs
 from mscsa_lab.analysis import profiler as profiler_module
@@ -148,3 +149,15 @@ def test_compare_answers_profiles_as_shipped_from_the_table_and_counts_anything_
     compare_action(["resnet18"], input_size=(64, 64))  # another size: counted on the request
     compare_action([ModelSpec.resolve("resnet18", settings={"depth": 2})])  # changed settings: counted
     assert measured == ["resnet18", "resnet18"]
+
+
+def test_the_command_line_says_where_profile_and_compare_figures_come_from():
+    profiled = run_command("profile", "resnet18")
+    assert profiled.returncode == 0, profiled.stderr
+    # the table on stdout, its notes on stderr ("note: ...")
+    assert "note: FLOPs and parameters of resnet18 as shipped at 224x224: counted by fvcore" in profiled.stderr
+    compared = run_command("compare", "resnet18", "pvt_v2_b0")
+    assert compared.returncode == 0, compared.stderr
+    assert "note: Counts of ResNet-18, PVTv2-B0 (profiles as shipped at 224x224): counted by fvcore" in compared.stderr
+    other_size = run_command("profile", "resnet18", "--input", "64x64")  # counted on the request: no such note
+    assert other_size.returncode == 0 and "as shipped" not in other_size.stdout + other_size.stderr
